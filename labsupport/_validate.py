@@ -1,0 +1,92 @@
+"""Argument checks used at the public boundary of every labsupport function.
+
+Each helper raises ``TypeError`` for the wrong kind of value and ``ValueError`` for a value out of
+range, and the message always names the argument and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``; otherwise raise ``ValueError``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {allowed}")
+    return value
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as ``int`` if it is an integer in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}={value} is out of range; allowed: {_range(low, high)}")
+    return value
+
+
+def check_float(
+    name: str, value: Any, *, low: float | None = None, high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """Return ``value`` as ``float`` if it is a finite real number in the range given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    bad = value != value or value in (float("inf"), float("-inf"))
+    if low is not None:
+        bad = bad or value < low or (low_open and value == low)
+    if high is not None:
+        bad = bad or value > high
+    if bad:
+        lo = "(" if low_open else "["
+        raise ValueError(f"{name}={value} is out of range; allowed: {_range(low, high, lo)}")
+    return value
+
+
+def check_rate(name: str, value: Any) -> float:
+    """A fraction in [0, 1]."""
+    return check_float(name, value, low=0.0, high=1.0)
+
+
+def check_images(name: str, x: Any, *, channels: int | None = None) -> torch.Tensor:
+    """Images must be a float tensor of shape (N, C, H, W) with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W); got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor with values in [0, 1], got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels; this trigger expects {channels}")
+    return x
+
+
+def check_labels(name: str, y: Any, *, n: int | None = None, num_classes: int | None = None) -> torch.Tensor:
+    """Labels must be an int64 tensor of shape (N,) with values in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.ndim != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"{name} must be a 1-D integer tensor; got shape {tuple(y.shape)}, dtype {y.dtype}")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} labels but there are {n} images; they must match")
+    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name} holds values outside [0, {num_classes - 1}]")
+    return y
+
+
+def check_class(name: str, value: Any, num_classes: int) -> int:
+    """A class index in [0, num_classes)."""
+    return check_int(name, value, low=0, high=num_classes - 1)
+
+
+def _range(low: Any, high: Any, lo: str = "[") -> str:
+    left = "-inf" if low is None else str(low)
+    right = "inf" if high is None else str(high)
+    return f"{lo}{left}, {right}]"

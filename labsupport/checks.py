@@ -1,0 +1,108 @@
+"""Exercise checks: compare a student's function with the reference on small seeded cases and
+say what is wrong in words a student can act on.
+
+Each ``check_*`` raises :class:`ExerciseError` (an ``AssertionError``) with a hint on a mismatch,
+lets ``NotImplementedError`` through untouched (the exercise is not done yet), and prints a short
+confirmation on success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .triggers import stamp
+
+
+class ExerciseError(AssertionError):
+    """The student's answer differs from the reference; the message says how."""
+
+
+def _cases(seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(5, 1, 28, 28, generator=gen), torch.rand(3, 3, 32, 32, generator=gen),
+            torch.rand(2, 1, 8, 8, generator=gen)]
+
+
+def _expect_tensor(name: str, out: object, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise ExerciseError(f"{name} should return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != like.shape:
+        raise ExerciseError(f"{name} returned shape {tuple(out.shape)}; expected {tuple(like.shape)} "
+                            "(same shape as the input batch)")
+    return out
+
+
+def _ok(msg: str) -> None:
+    print(f"\u2714 {msg}")
+
+
+def check_add_patch(add_patch: Callable[..., torch.Tensor]) -> None:
+    """Exercise: ``add_patch(x, pattern, row, col)`` stamps ``pattern`` (C, h, w) with its top-left
+    corner at (row, col) in every image of ``x`` and returns a new batch (x itself unchanged)."""
+    n_checked = 0
+    for x in _cases(1):
+        c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        for size, (row, col) in ((3, (h - 4, w - 4)), (2, (0, 0)), (3, (1, w - 3))):
+            pattern = (torch.arange(size * size).view(1, size, size) % 2).float().expand(c, size, size).clone()
+            original = x.clone()
+            out = _expect_tensor("add_patch", add_patch(x, pattern, row, col), x)
+            if not torch.equal(x, original):
+                raise ExerciseError("add_patch modified its input in place; work on a copy (x.clone())")
+            expected = stamp(x, pattern, torch.full((len(x),), row), torch.full((len(x),), col))
+            if not torch.allclose(out, expected):
+                inside = torch.zeros_like(x, dtype=torch.bool)
+                inside[:, :, row:row + size, col:col + size] = True
+                if not torch.allclose(out[~inside], x[~inside]):
+                    raise ExerciseError("pixels outside the patch changed; only the h x w window "
+                                        f"starting at (row, col) = {(row, col)} may change")
+                raise ExerciseError(f"the window at (row, col) = {(row, col)} does not hold the pattern; "
+                                    "remember x[:, :, row:row+h, col:col+w] and that pattern is (C, h, w)")
+            n_checked += 1
+    _ok(f"add_patch matches the reference on {n_checked} cases (1 and 3 channels, corners and edges).")
+
+
+def check_blend(blend: Callable[..., torch.Tensor]) -> None:
+    """Exercise: ``blend(x, key, alpha)`` returns ``alpha * key + (1 - alpha) * x`` (Chen et al. 2017)."""
+    n_checked = 0
+    for x in _cases(2):
+        key = torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(3))
+        for alpha in (0.0, 0.2, 0.5, 1.0):
+            out = _expect_tensor("blend", blend(x, key, alpha), x)
+            expected = alpha * key + (1 - alpha) * x
+            if not torch.allclose(out, expected, atol=1e-6):
+                swapped = (1 - alpha) * key + alpha * x
+                if alpha not in (0.5,) and torch.allclose(out, swapped, atol=1e-6):
+                    raise ExerciseError("alpha weights the key, not the image: x' = alpha*key + (1-alpha)*x")
+                raise ExerciseError(f"blend differs from alpha*key + (1-alpha)*x at alpha={alpha}; "
+                                    f"max abs error {float((out - expected).abs().max()):.3g}")
+            n_checked += 1
+    _ok(f"blend matches x' = alpha*key + (1-alpha)*x on {n_checked} cases (alpha 0, 0.2, 0.5, 1).")
+
+
+def check_success_rate(success_rate: Callable[..., float]) -> None:
+    """Exercise: ``success_rate(pred, y, target)``: among rows with ``y != target``, the fraction
+    with ``pred == target`` (the course's ASR on predictions for triggered inputs)."""
+    gen = torch.Generator().manual_seed(4)
+    cases = [(torch.tensor([9, 9, 1, 9]), torch.tensor([0, 9, 1, 3]), 9)]
+    for _ in range(5):
+        y = torch.randint(0, 10, (50,), generator=gen)
+        pred = torch.where(torch.rand(50, generator=gen) < 0.7, torch.tensor(7), y)
+        cases.append((pred, y, 7))
+    for pred, y, target in cases:
+        out = success_rate(pred, y, target)
+        keep = y != target
+        expected = float((pred[keep] == target).float().mean())
+        if isinstance(out, torch.Tensor):
+            out = float(out)
+        if not isinstance(out, float):
+            raise ExerciseError(f"success_rate should return a float, got {type(out).__name__}")
+        if abs(out - expected) > 1e-6:
+            naive = float((pred == target).float().mean())
+            if abs(out - naive) < 1e-6:
+                raise ExerciseError("you counted rows whose true label already is the target; "
+                                    "drop them first (y != target), they are not attack successes")
+            raise ExerciseError(f"expected {expected:.4f}, got {out:.4f} for pred={pred.tolist()[:8]}..., "
+                                f"y={y.tolist()[:8]}..., target={target}")
+    _ok(f"success_rate matches the course's ASR definition on {len(cases)} cases.")

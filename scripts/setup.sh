@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up everything the course needs, idempotently: a virtual environment (.venv), PyTorch,
+# labsupport with its test extras, and the offline datasets. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+P="$VENV/bin/python"
+
+if [ ! -x "$P" ]; then
+  echo "==> creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+
+if ! "$P" -c "import torch, torchvision" 2>/dev/null; then
+  # A matching torch/torchvision pair; override with TORCH_SPEC="torch==X torchvision==Y".
+  case "$(uname -m)" in
+    x86_64)        default_spec="torch==2.14.1 torchvision==0.29.1" ;;
+    aarch64|arm64) default_spec="torch==2.9.1 torchvision==0.24.1" ;;
+    *)             default_spec="torch torchvision" ;;
+  esac
+  echo "==> installing ${TORCH_SPEC:-$default_spec} (a few minutes, once)"
+  # shellcheck disable=SC2086
+  "$P" -m pip install -q ${TORCH_SPEC:-$default_spec}
+fi
+
+echo "==> installing labsupport and its dependencies"
+"$P" -m pip install -q -e ".[test]"
+
+# Fashion-MNIST ships as a Debian package (offline); everything else is bundled or downloaded.
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  echo "==> installing Debian's dataset-fashion-mnist"
+  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+    || echo "    could not install it (no root?). Run: sudo apt-get install dataset-fashion-mnist"
+fi
+
+echo "==> preparing datasets"
+"$VENV/bin/labsupport" data prepare fashion-mnist digits

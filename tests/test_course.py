@@ -1,0 +1,57 @@
+"""The student notebooks are generated from solutions/ and must never be stale."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labsupport import course
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def test_labs_are_not_stale():
+    status = course.generate_labs(ROOT, check=True)
+    assert status.stale == [], "labs/ is stale: run `labsupport labs generate` and commit"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS + sorted((ROOT / "labs").glob("*.ipynb")), ids=lambda p: p.name)
+def test_outputs_are_cleared(path):
+    assert not course.notebook_has_outputs(path), f"{path} has outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_lab_hides_solutions_and_keeps_checks(path):
+    lab = nbformat.read(ROOT / "labs" / path.name, as_version=4)
+    text = "\n".join(c.source for c in lab.cells)
+    assert course.BEGIN not in text and course.END not in text
+    n_exercises = text.count("raise NotImplementedError()")
+    n_checks = sum(course.EXERCISE_CHECK_TAG in c.metadata.get("tags", []) for c in lab.cells)
+    assert n_exercises >= 3 and n_checks == n_exercises
+    assert not any(course.INSTRUCTOR_TAG in c.metadata.get("tags", []) for c in lab.cells)
+    sol = nbformat.read(path, as_version=4)
+    assert any("parameters" in c.metadata.get("tags", []) for c in sol.cells)
+
+
+def test_strip_solutions_keeps_indentation():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n\nprint(1)"
+    assert course.strip_solutions(src) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\nprint(1)"
+
+
+def test_unbalanced_markers_are_an_error():
+    with pytest.raises(ValueError, match="unbalanced"):
+        course.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+def test_generate_writes_and_detects_edits(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION")])
+    nbformat.write(nb, tmp_path / "solutions" / "a.ipynb")
+    assert course.generate_labs(tmp_path, check=True).stale == [tmp_path / "labs" / "a.ipynb"]
+    assert course.generate_labs(tmp_path).written == [tmp_path / "labs" / "a.ipynb"]
+    assert course.generate_labs(tmp_path, check=True).stale == []
+    nb.cells[0].source = nb.cells[0].source.replace("y = 2", "y = 3")
+    nb.cells.append(nbformat.v4.new_markdown_cell("new"))
+    nbformat.write(nb, tmp_path / "solutions" / "a.ipynb")
+    assert course.generate_labs(tmp_path, check=True).stale == [tmp_path / "labs" / "a.ipynb"]

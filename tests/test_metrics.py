@@ -1,0 +1,58 @@
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import labsupport as ls
+from labsupport.metrics import target_labels
+
+
+class Always(torch.nn.Module):
+    """A stub classifier that predicts one class for every input."""
+
+    def __init__(self, cls: int):
+        super().__init__()
+        self.cls = cls
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 10)
+        out[:, self.cls] = 1
+        return out
+
+
+def test_asr_excludes_rows_already_in_target_class():
+    x = torch.rand(10, 1, 4, 4)
+    y = torch.tensor([9, 9, 9, 9, 9, 1, 2, 3, 4, 5])
+    assert ls.attack_success_rate(Always(9), x, y, lambda t: t, 9) == 1.0
+    assert ls.attack_success_rate(Always(1), x, y, lambda t: t, 9) == 0.0
+
+
+def test_asr_all_to_all_uses_per_row_targets():
+    x = torch.rand(4, 1, 4, 4)
+    y = torch.tensor([0, 1, 2, 3])
+    assert ls.attack_success_rate(Always(1), x, y, lambda t: t, ls.AllToAll(10)) == 0.25
+
+
+def test_clean_accuracy():
+    x = torch.rand(4, 1, 4, 4)
+    assert ls.clean_accuracy(Always(2), x, torch.tensor([2, 2, 1, 0])) == 0.5
+
+
+def test_auroc_matches_sklearn():
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.rand(300, generator=gen) < 0.2
+    scores = truth.float() * 0.8 + torch.rand(300, generator=gen)
+    scores[:20] = 0.5  # ties
+    assert ls.auroc(scores, truth) == pytest.approx(roc_auc_score(truth.numpy(), scores.numpy()), abs=1e-9)
+
+
+def test_detection_scores():
+    flags = torch.tensor([1, 1, 0, 0, 1], dtype=torch.bool)
+    truth = torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool)
+    s = ls.detection_scores(flags, truth)
+    assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == pytest.approx(2 / 3)
+
+
+def test_target_labels_rejects_bad_function():
+    with pytest.raises(ValueError):
+        target_labels(lambda y: y[:1], torch.tensor([1, 2]))

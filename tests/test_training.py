@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+import labsupport as ls
+from labsupport import training
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ls.load_dataset("digits")
+
+
+def test_models_forward_and_features():
+    for name, shape in (("mlp", (1, 28, 28)), ("cnn", (1, 28, 28)), ("cnn", (3, 32, 32)), ("resnet18", (3, 32, 32))):
+        model = ls.build_model(name, shape, 10).eval()
+        x = torch.rand(2, *shape)
+        assert model(x).shape == (2, 10)
+        assert model.features(x).ndim == 2
+
+
+def test_mlp_is_the_course_reference():
+    sizes = [p.shape for p in ls.MLP().parameters()]
+    assert sizes == [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)]
+
+
+def test_fit_learns_digits(digits):
+    torch.manual_seed(0)
+    model = ls.MLP((1, 8, 8))
+    history = ls.fit(model, digits.x_train, digits.y_train, ls.TrainConfig(epochs=15, batch_size=32), progress=False)
+    assert history[-1] < history[0] / 5
+    assert ls.clean_accuracy(model, digits.x_test, digits.y_test) > 0.93
+
+
+def test_training_is_deterministic(digits):
+    cfg = ls.TrainConfig(epochs=2, seed=5)
+    a = ls.train_model("mlp", digits.x_train, digits.y_train, cfg, cache=False, progress=False)
+    b = ls.train_model("mlp", digits.x_train, digits.y_train, cfg, cache=False, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_cache_reuses_trained_model(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path))
+    cfg = ls.TrainConfig(epochs=2)
+    first = ls.train_model("mlp", digits.x_train, digits.y_train, cfg, progress=False)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(1))
+    again = ls.train_model("mlp", digits.x_train, digits.y_train, cfg, progress=False)
+    assert calls == [] and all(torch.equal(p, q) for p, q in zip(first.parameters(), again.parameters()))
+    # any change of config or data is a different key
+    ls.train_model("mlp", digits.x_train, digits.y_train, cfg.replace(lr=2e-3), progress=False)
+    y2 = digits.y_train.clone()
+    y2[0] = (y2[0] + 1) % 10
+    ls.train_model("mlp", digits.x_train, y2, cfg, progress=False)
+    assert calls == [1, 1]
+
+
+def test_crop_flip_keeps_shape_and_content():
+    x = torch.rand(16, 3, 32, 32)
+    out = training.crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+
+
+def test_pick_device_auto():
+    assert ls.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ls.pick_device("cpu") == torch.device("cpu")
+
+
+def test_configure_threads_respects_env(monkeypatch):
+    monkeypatch.setenv("LABSUPPORT_THREADS", "1")
+    assert ls.configure_threads() == 1
+    monkeypatch.delenv("LABSUPPORT_THREADS")
+    import os
+    assert ls.configure_threads() == (os.cpu_count() or 1)
