@@ -72,6 +72,8 @@ def _labs(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from nbclient.exceptions import CellExecutionError
+
     from .course import EXERCISE_CHECK_TAG, repo_root, run_notebook
 
     root = repo_root()
@@ -85,7 +87,12 @@ def _run(args: argparse.Namespace) -> int:
     status = 0
     for path in paths:
         print(f"running {path} (profile={args.profile or 'notebook default'}) ...", flush=True)
-        res = run_notebook(path, out_dir / path.name, profile=args.profile, allow_errors=student)
+        try:
+            res = run_notebook(path, out_dir / path.name, profile=args.profile, allow_errors=student)
+        except CellExecutionError as exc:
+            print(f"  FAILED (partial run saved to {out_dir / path.name}):\n{str(exc)[-1500:]}", file=sys.stderr)
+            status = 1
+            continue
         bad = [e for e in res.errors if not (e[1] == "NotImplementedError" and EXERCISE_CHECK_TAG in e[2])]
         todo = len(res.errors) - len(bad)
         print(f"  done in {res.seconds:.0f} s -> {res.output}"

@@ -136,6 +136,7 @@ def run_notebook(path: Path, output: Path, *, profile: str | None = None, timeou
     With ``allow_errors`` the run continues past failing cells and the errors are returned.
     """
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
     env_backup = os.environ.get("LABSUPPORT_PROFILE")
@@ -146,6 +147,9 @@ def run_notebook(path: Path, output: Path, *, profile: str | None = None, timeou
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                                 resources={"metadata": {"path": str(Path(path).parent)}})
         client.execute()
+    except CellExecutionError:
+        atomic_write_bytes(output, _dump(nb))  # keep the partial run for inspection
+        raise
     finally:
         if profile is not None:
             if env_backup is None:

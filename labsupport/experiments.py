@@ -31,6 +31,7 @@ class Profile:
         reference: the course reference training setting (AdamW 1e-3, batch 64, 10 epochs).
         fast: a shorter setting for the many attack variants (same model, larger batches).
         cnn: setting for the small CNN / ResNet18.
+        ban: setting for BaN (generator and classifier trained jointly need a little longer).
         sweep: setting for poison-count sweeps (one model per count).
         sweep_counts: poison counts of the sweep.
         image_model: the convolutional model of the profile (``"cnn"``, or ``"resnet18"`` on GPU).
@@ -42,6 +43,7 @@ class Profile:
     reference: TrainConfig
     fast: TrainConfig
     cnn: TrainConfig
+    ban: TrainConfig
     sweep: TrainConfig
     sweep_counts: tuple[int, ...]
     image_model: str = "cnn"
@@ -50,16 +52,19 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "full": Profile("full", None, None, TrainConfig(),
                     TrainConfig(epochs=5, batch_size=128, lr=2e-3),
-                    TrainConfig(epochs=2, batch_size=256, lr=3e-3),
+                    TrainConfig(epochs=2, batch_size=128, lr=2e-3),
+                    TrainConfig(epochs=3, batch_size=128, lr=2e-3),
                     TrainConfig(epochs=3, batch_size=128, lr=2e-3),
                     (10, 30, 100, 300, 1000)),
     "quick": Profile("quick", 10_000, 2_000, TrainConfig(epochs=5),
                      TrainConfig(epochs=5, batch_size=64, lr=2e-3),
                      TrainConfig(epochs=3, batch_size=128, lr=3e-3),
+                     TrainConfig(epochs=4, batch_size=128, lr=3e-3),
                      TrainConfig(epochs=4, batch_size=64, lr=2e-3),
                      (5, 20, 50, 100, 300)),
     "gpu": Profile("gpu", None, None, TrainConfig(),
                    TrainConfig(epochs=10, batch_size=128, lr=1e-3),
+                   TrainConfig(epochs=30, batch_size=128, lr=1e-3, augment="crop-flip"),
                    TrainConfig(epochs=30, batch_size=128, lr=1e-3, augment="crop-flip"),
                    TrainConfig(epochs=5, batch_size=128, lr=2e-3),
                    (10, 30, 100, 300, 1000, 3000), image_model="resnet18"),
@@ -171,11 +176,17 @@ def train_and_evaluate(attack: str, poisoned: PoisonedSet, data: ImageData, base
 
 
 def count_sweep(data: ImageData, trigger: Callable[[torch.Tensor], torch.Tensor], target: int,
-                counts: Sequence[int], config: TrainConfig, baseline: nn.Module, *,
-                model_name: str = "mlp", seed: int = 0, progress: bool = True) -> list[AttackReport]:
-    """The "how many poisons" sweep: one BadNets model per poison count, same trigger and target."""
+                counts: Sequence[int], config: TrainConfig, *, model_name: str = "mlp", seed: int = 0,
+                progress: bool = True) -> list[AttackReport]:
+    """The "how many poisons" sweep: one BadNets model per poison count, same trigger, target and
+    training ``config``. A clean model trained with the same ``config`` is the baseline of every
+    row, so the CA drop reflects the poison and not a shorter training run."""
     if not counts:
         raise ValueError("counts must list at least one poison count")
+    for i, c in enumerate(counts):
+        check_int(f"counts[{i}]", c, low=0)
+    baseline = train_model(model_name, data.x_train, data.y_train, config, num_classes=data.num_classes,
+                           progress=False)
     reports = []
     for count in tqdm(list(counts), desc="poison-count sweep", disable=not progress):
         poisoned = badnets(data.x_train, data.y_train, trigger, target, count=count, seed=seed,

@@ -49,8 +49,9 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(128, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        # max-pool then ReLU equals ReLU then max-pool (both monotone) and touches 4x fewer values
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return F.relu(self.fc(x.flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

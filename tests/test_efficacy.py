@@ -51,7 +51,8 @@ def test_badnets_all_to_all(small, baseline):
 
 
 def test_more_poisons_more_success(small, baseline):
-    reps = ls.count_sweep(small, ls.Patch(ls.checkerboard(4)), 9, [3, 100], MLP_CFG, baseline, progress=False)
+    reps = ls.count_sweep(small, ls.Patch(ls.checkerboard(4)), 9, [3, 100], MLP_CFG, progress=False)
+    assert reps[0].ca_baseline == pytest.approx(ls.clean_accuracy(baseline, small.x_test, small.y_test))
     assert reps[0].asr < 0.5 < 0.9 < reps[1].asr, [str(r) for r in reps]
 
 
