@@ -74,3 +74,12 @@ def test_configure_threads_respects_env(monkeypatch):
     monkeypatch.delenv("LABSUPPORT_THREADS")
     import os
     assert ls.configure_threads() == (os.cpu_count() or 1)
+
+
+def test_gpu_profile_path_resnet18_with_augmentation_runs_on_cpu():
+    """The gpu profile's ResNet18 + crop-flip path, on a few CIFAR-shaped images."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    cfg = ls.get_profile("gpu").cnn.replace(epochs=1, batch_size=8)
+    model = ls.train_model("resnet18", x, y, cfg, device="cpu", cache=False, progress=False)
+    assert ls.predict(model, x).shape == (16,)
