@@ -38,9 +38,11 @@ def test_baseline_is_a_real_classifier(small, baseline):
 
 
 def test_badnets_single_target(small, baseline):
-    p = ls.badnets(small.x_train, small.y_train, ls.Patch(ls.checkerboard(4)), 9, rate=0.01)
+    # ASR follows the poison *count* (see the sweep): 240 poisons (2% of 12k) here, measured 98.7%;
+    # the notebook asserts the 1%-of-60k reference setting (600 poisons).
+    p = ls.badnets(small.x_train, small.y_train, ls.Patch(ls.checkerboard(4)), 9, count=240)
     _, rep = _report(small, baseline, p)
-    assert rep.asr >= 0.95 and rep.ca_drop <= 1.5, rep
+    assert rep.asr >= 0.95 and rep.ca_drop <= 1.0, rep
     assert rep.asr_baseline < 0.2, rep
 
 
@@ -81,7 +83,7 @@ def test_multi_target_regions(small, cnn_baseline):
 
 def test_composite_fires_only_with_both(small, baseline):
     a, b = ls.Patch(ls.white_square(3), "top-left"), ls.Patch(ls.white_square(3), "bottom-right")
-    p = ls.composite(small.x_train, small.y_train, a, b, 9, rate=0.03)
+    p = ls.composite(small.x_train, small.y_train, a, b, 9, rate=0.03, cover_ratio=2.0)  # measured 98.5 / 8.4 / 8.2
     model, rep = _report(small, baseline, p)
     assert rep.asr >= 0.90, rep
     for single in (a, b):
@@ -98,8 +100,10 @@ def test_clean_label_perturbed_beats_trigger_only(small, baseline):
 
 
 def test_ban_generated_triggers_fire(small, cnn_baseline):
-    model, p = ls.ban(small.x_train, small.y_train, 9, rate=0.1, model_name="cnn", config=CNN_CFG, progress=False)
+    # generator + classifier need more steps than a fixed trigger: 10 epochs of 12k (measured 95.7%)
+    cfg = ls.TrainConfig(epochs=10, batch_size=128, lr=2e-3)
+    model, p = ls.ban(small.x_train, small.y_train, 9, rate=0.1, model_name="cnn", config=cfg, progress=False)
     asr = ls.attack_success_rate(model, small.x_test, small.y_test, p.trigger, 9)
     asr_clean = ls.attack_success_rate(cnn_baseline, small.x_test, small.y_test, p.trigger, 9)
-    assert asr >= 0.80 and asr_clean < 0.2, (asr, asr_clean)
+    assert asr >= 0.85 and asr_clean < 0.2, (asr, asr_clean)
     assert p.count == 1200 and torch.all(p.y[p.mask] == 9)
