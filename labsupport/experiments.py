@@ -59,7 +59,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", 10_000, 2_000, TrainConfig(epochs=5),
                      TrainConfig(epochs=5, batch_size=64, lr=2e-3),
                      TrainConfig(epochs=3, batch_size=128, lr=3e-3),
-                     TrainConfig(epochs=4, batch_size=128, lr=3e-3),
+                     TrainConfig(epochs=10, batch_size=128, lr=2e-3),
                      TrainConfig(epochs=4, batch_size=64, lr=2e-3),
                      (5, 20, 50, 100, 300)),
     "gpu": Profile("gpu", None, None, TrainConfig(),

@@ -25,19 +25,25 @@ from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_images, check_int, check_labels
 from .io import load_model, save_model
-from .models import MODEL_NAMES, build_model
+from .models import MLP, MODEL_NAMES, build_model
 from .paths import model_cache
 
 _THREADS_SET = False
 
 
 def configure_threads() -> int:
-    """Use one intra-op thread per core and a single inter-op thread.
+    """CPU settings that keep training fast on a small machine; returns the intra-op thread count.
 
-    On a small (2-core) machine the default inter-op pool only competes with the intra-op pool;
-    ``LABSUPPORT_THREADS`` overrides the intra-op count. Returns the number of threads used.
+    * Flush denormal floats to zero. Adam's moment estimates for weights whose gradient is exactly
+      zero (always-black border pixels of MNIST-like images) decay geometrically into the denormal
+      range after ~800 steps, and denormal arithmetic is ~100x slower on x86: without this the
+      reference run slows down 2-3x after the first epoch. Set before the thread pool starts, so
+      worker threads inherit it.
+    * One intra-op thread per core (``LABSUPPORT_THREADS`` overrides) and a single inter-op thread,
+      which on 2 cores would otherwise only compete with the intra-op pool.
     """
     global _THREADS_SET
+    torch.set_flush_denormal(True)
     n = int(os.environ.get("LABSUPPORT_THREADS", os.cpu_count() or 1))
     torch.set_num_threads(max(1, n))
     if not _THREADS_SET:
@@ -131,14 +137,43 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+class LeanAdamW:
+    """AdamW (Loshchilov & Hutter 2019) as one call of PyTorch's fused kernel per step.
+
+    The same kernel and numerics as ``torch.optim.AdamW(fused=True)`` (a test checks they agree),
+    minus ~0.4 ms of Python bookkeeping per step, which matters when a step costs ~1.5 ms.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = params
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        pick = lambda seq: [seq[i] for i in live]  # noqa: E731
+        torch._foreach_add_(pick(self.steps), 1)  # the kernel expects the step already counted
+        torch._fused_adamw_(pick(self.params), [self.params[i].grad for i in live], pick(self.exp_avg),
+                            pick(self.exp_avg_sq), [], pick(self.steps), lr=self.lr, beta1=self.betas[0],
+                            beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
+                            amsgrad=False, maximize=False)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig,
-                   extra_params: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """AdamW over the model's (and any extra) trainable parameters, fused when supported."""
+                   extra_params: Iterable[torch.nn.Parameter] = ()) -> LeanAdamW | torch.optim.Optimizer:
+    """AdamW over the model's (and any extra) trainable parameters: the lean fused version when
+    this PyTorch and device support it, else ``torch.optim.AdamW``."""
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
-    try:
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, TypeError):  # very old torch or exotic device
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    if hasattr(torch, "_fused_adamw_") and all(p.device.type in ("cpu", "cuda") for p in params):
+        return LeanAdamW(params, config.lr, config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig = TrainConfig(),
@@ -173,6 +208,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
         x_dev = x_dev.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config, extra_params)
+    manual = type(model) is MLP and batch_hook is None and config.augment == "none"
     history: list[float] = []
     bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False)
     for _ in bar:
@@ -183,9 +219,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
                 xb, yb = batch_hook(xb, yb, idx)
             if config.augment == "crop-flip":
                 xb = crop_flip(xb, gen)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if manual:  # same gradients as autograd, ~2x faster for the small MLP on CPU
+                loss = model.manual_step(xb, yb, config.label_smoothing)
+            else:
+                loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
+                loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)
         history.append(float(total) / len(x_dev))
@@ -255,11 +294,13 @@ def train_model(model_name: str, x: torch.Tensor, y: torch.Tensor, config: Train
     dev = pick_device(device)
     torch.manual_seed(config.seed)
     model = build_model(model_name, tuple(x.shape[1:]), num_classes).to(dev)
-    path = model_cache() / f"{model_name}-{cache_key(model_name, config, x, y, num_classes)}.safetensors"
-    if cache and path.exists():
-        load_model(path, model)
-        return model.eval()
-    fit(model, x, y, config, device=dev, progress=progress, desc=desc or f"train {model_name}")
+    path = None
     if cache:
+        path = model_cache() / f"{model_name}-{cache_key(model_name, config, x, y, num_classes)}.safetensors"
+        if path.exists():
+            load_model(path, model)
+            return model.eval()
+    fit(model, x, y, config, device=dev, progress=progress, desc=desc or f"train {model_name}")
+    if path is not None:
         save_model(path, model, {"model": model_name, "config": dataclasses.asdict(config)})
     return model.eval()

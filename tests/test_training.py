@@ -83,3 +83,32 @@ def test_gpu_profile_path_resnet18_with_augmentation_runs_on_cpu():
     cfg = ls.get_profile("gpu").cnn.replace(epochs=1, batch_size=8)
     model = ls.train_model("resnet18", x, y, cfg, device="cpu", cache=False, progress=False)
     assert ls.predict(model, x).shape == (16,)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mlp_manual_step_matches_autograd(smoothing):
+    torch.manual_seed(0)
+    model = ls.MLP()
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=smoothing)
+    loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    manual_loss = model.manual_step(x, y, smoothing)
+    assert float(manual_loss) == pytest.approx(float(loss), rel=1e-5)
+    for p, g in zip(model.parameters(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
+
+
+def test_lean_adamw_matches_torch_adamw():
+    torch.manual_seed(0)
+    a, b = ls.MLP(), ls.MLP()
+    b.load_state_dict(a.state_dict())
+    ours = training.LeanAdamW(list(a.parameters()), 1e-3, 1e-2)
+    ref = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=1e-2, fused=True)
+    for _ in range(5):
+        x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
