@@ -151,6 +151,7 @@ class LeanAdamW:
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
+        self._count = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -164,6 +165,19 @@ class LeanAdamW:
                             pick(self.exp_avg_sq), [], pick(self.steps), lr=self.lr, beta1=self.betas[0],
                             beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
                             amsgrad=False, maximize=False)
+        self._count += 1
+        if self._count % 64 == 0:
+            self.scrub_denormals()
+
+    @torch.no_grad()
+    def scrub_denormals(self) -> None:
+        """Zero first-moment entries below 1e-30 on CPU. Adam's first moment of a weight that has
+        stopped receiving gradient decays by beta1 per step and reaches the denormal range after
+        ~800 steps; x86 CPUs compute on denormals ~100x slower, which slowed whole runs 2-3x.
+        Such entries change the update by < lr * 1e-22, i.e. not at all."""
+        for m in self.exp_avg:
+            if m.device.type == "cpu":
+                m.masked_fill_(m.abs() < 1e-30, 0.0)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig,
