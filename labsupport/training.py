@@ -32,18 +32,10 @@ _THREADS_SET = False
 
 
 def configure_threads() -> int:
-    """CPU settings that keep training fast on a small machine; returns the intra-op thread count.
-
-    * Flush denormal floats to zero. Adam's moment estimates for weights whose gradient is exactly
-      zero (always-black border pixels of MNIST-like images) decay geometrically into the denormal
-      range after ~800 steps, and denormal arithmetic is ~100x slower on x86: without this the
-      reference run slows down 2-3x after the first epoch. Set before the thread pool starts, so
-      worker threads inherit it.
-    * One intra-op thread per core (``LABSUPPORT_THREADS`` overrides) and a single inter-op thread,
-      which on 2 cores would otherwise only compete with the intra-op pool.
-    """
+    """One intra-op thread per core (``LABSUPPORT_THREADS`` overrides) and a single inter-op
+    thread, which on 2 cores would otherwise only compete with the intra-op pool. Returns the
+    intra-op thread count."""
     global _THREADS_SET
-    torch.set_flush_denormal(True)
     n = int(os.environ.get("LABSUPPORT_THREADS", os.cpu_count() or 1))
     torch.set_num_threads(max(1, n))
     if not _THREADS_SET:
@@ -214,6 +206,19 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
     dev = pick_device(device)
     if dev.type == "cpu":
         configure_threads()
+        # Denormal floats cost ~100x on x86 (see LeanAdamW.scrub_denormals); flush them to zero
+        # while training, and restore IEEE behaviour afterwards for everything else.
+        torch.set_flush_denormal(True)
+    try:
+        return _fit(model, x, y, config, dev, progress, batch_hook, extra_params, desc)
+    finally:
+        if dev.type == "cpu":
+            torch.set_flush_denormal(False)
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, dev: torch.device,
+         progress: bool, batch_hook: Callable | None, extra_params: Iterable[torch.nn.Parameter],
+         desc: str) -> list[float]:
     model.to(dev).train()
     x_dev, y_dev = x.to(dev), y.to(dev, torch.int64)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -248,27 +253,32 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Predicted class for each image (on CPU), evaluated in eval mode in large batches."""
+def _evaluate(model: nn.Module, x: torch.Tensor, batch_size: int,
+              head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``head`` to the model's logits in eval mode, in large batches; results on CPU."""
     check_images("x", x)
+    check_int("batch_size", batch_size, low=1)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = [model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    try:
+        return torch.cat([head(model(x[i:i + batch_size].to(dev))).cpu()
+                          for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
 
 
-@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Predicted class for each image (int64, on CPU)."""
+    if len(x) == 0:
+        check_images("x", x)
+        return torch.empty(0, dtype=torch.int64)
+    return _evaluate(model, x, batch_size, lambda z: z.argmax(1))
+
+
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Softmax probabilities (N, classes) on CPU."""
-    check_images("x", x)
-    dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [model(x[i:i + batch_size].to(dev)).softmax(1).cpu() for i in range(0, len(x), batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
+    return _evaluate(model, x, batch_size, lambda z: z.softmax(1))
 
 
 # ---------------------------------------------------------------------------------------------

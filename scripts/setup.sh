@@ -21,11 +21,11 @@ if ! "$P" -c "import torch, torchvision" 2>/dev/null; then
   esac
   echo "==> installing ${TORCH_SPEC:-$default_spec} (a few minutes, once)"
   # shellcheck disable=SC2086
-  "$P" -m pip install -q ${TORCH_SPEC:-$default_spec}
+  "$P" -m pip install -q ${TORCH_SPEC:-$default_spec} 2>&1 | { grep -v "is ignored: it is neither" || true; }
 fi
 
 echo "==> installing labsupport and its dependencies"
-"$P" -m pip install -q -e ".[test]"
+"$P" -m pip install -q -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
 # Fashion-MNIST ships as a Debian package (offline); everything else is bundled or downloaded.
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then

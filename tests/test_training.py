@@ -112,3 +112,9 @@ def test_lean_adamw_matches_torch_adamw():
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_fit_restores_ieee_subnormals(digits):
+    ls.fit(ls.MLP((1, 8, 8)), digits.x_train[:64], digits.y_train[:64], ls.TrainConfig(epochs=1), progress=False)
+    tiny = torch.tensor(1e-40)  # a float32 subnormal
+    assert float(tiny) != 0.0 and float(tiny * 1.0) != 0.0
