@@ -94,7 +94,7 @@ def test_mlp_manual_step_matches_autograd(smoothing):
     loss.backward()
     expected = [p.grad.clone() for p in model.parameters()]
     manual_loss = model.manual_step(x, y, smoothing)
-    assert float(manual_loss) == pytest.approx(float(loss), rel=1e-5)
+    assert float(manual_loss) == pytest.approx(loss.item(), rel=1e-5)
     for p, g in zip(model.parameters(), expected):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
 
