@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = ls.pick_device(args.device)
-    threads = ls.configure_threads() if device.type == "cpu" else 0
+    if device.type == "cpu":
+        ls.configure_threads()
     data = ls.load_dataset("fashion-mnist")
     cfg = ls.TrainConfig()  # the reference setting
     total_steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)

@@ -13,18 +13,44 @@ Modules, one per topic: ``data``, ``models``, ``training``, ``metrics``, ``trigg
 ``course`` (student-notebook generation), ``io`` (safetensors, atomic writes), ``cli``.
 """
 
-from .backdoor import (AllToAll, GeneratedTrigger, PoisonedSet, TriggerGenerator, badnets, ban,
-                       clean_label, composite, multi_target, pgd_away)
-from .data import (DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes)
-from .experiments import (PROFILES, AttackReport, Profile, ReportTable, count_sweep, evaluate_backdoor,
-                          get_profile, load_lab_data, train_and_evaluate)
+from .backdoor import (
+                       AllToAll,
+                       GeneratedTrigger,
+                       PoisonedSet,
+                       TriggerGenerator,
+                       badnets,
+                       ban,
+                       clean_label,
+                       composite,
+                       multi_target,
+                       pgd_away,
+)
+from .data import DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes
+from .experiments import (
+                       PROFILES,
+                       AttackReport,
+                       Profile,
+                       ReportTable,
+                       count_sweep,
+                       evaluate_backdoor,
+                       get_profile,
+                       load_lab_data,
+                       train_and_evaluate,
+)
 from .io import load_model, save_model, sha256_file
 from .metrics import attack_success_rate, auroc, clean_accuracy, detection_scores
 from .models import MLP, ResNet18, SmallCNN, build_model
-from .training import (TrainConfig, configure_threads, fit, pick_device, predict, predict_proba,
-                       seed_everything, train_model)
-from .triggers import (Blend, Compose, Patch, RandomPatch, Trigger, checkerboard, noise_key,
-                       region_grid, white_square)
+from .training import (
+                       TrainConfig,
+                       configure_threads,
+                       fit,
+                       pick_device,
+                       predict,
+                       predict_proba,
+                       seed_everything,
+                       train_model,
+)
+from .triggers import Blend, Compose, Patch, RandomPatch, Trigger, checkerboard, noise_key, region_grid, white_square
 
 __version__ = "0.1.0"
 

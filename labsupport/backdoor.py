@@ -23,8 +23,8 @@ from torch.nn import functional as F
 
 from ._validate import check_class, check_float, check_images, check_int, check_labels, check_rate
 from .metrics import TargetSpec, target_labels
-from .training import TrainConfig, fit, pick_device
 from .models import build_model
+from .training import TrainConfig, fit, pick_device
 from .triggers import RandomPatch, Trigger, region_grid, stamp
 
 
@@ -96,12 +96,10 @@ def choose_rows(eligible: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return idx[torch.randperm(len(idx), generator=gen)[:count]].sort().values
 
 
-def _check_xy(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> int:
+def _check_xy(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> int:
     check_images("x", x)
-    check_labels("y", y, n=len(x))
-    k = int(y.max()) + 1 if num_classes is None else num_classes
-    check_labels("y", y, num_classes=k)
-    return max(k, 2)
+    check_labels("y", y, n=len(x), num_classes=check_int("num_classes", num_classes, low=2))
+    return num_classes
 
 
 def badnets(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int | str = 9, *,
@@ -181,10 +179,8 @@ def multi_target(x: torch.Tensor, y: torch.Tensor, pattern: torch.Tensor, target
             y_p[sel] = t
     mask = torch.zeros(len(y), dtype=torch.bool)
     mask[rows] = True
-    changed = mask & ((x_p != x).flatten(1).any(1) | (y_p != y))
     return PoisonedSet(x_p, y_p, mask, targets[0], triggers[0], f"multi-target ({len(targets)} regions)",
-                       {"triggers": triggers, "targets": targets, "regions": regions,
-                        "relabelled": int((y_p != y).sum()), "changed": int(changed.sum())})
+                       {"triggers": triggers, "targets": targets, "regions": regions})
 
 
 def pgd_away(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.1, steps: int = 20,

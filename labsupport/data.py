@@ -18,7 +18,7 @@ import gzip
 import os
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class ImageData:
     y_test: torch.Tensor
     classes: tuple[str, ...]
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -93,8 +92,7 @@ class ImageData:
         if n_test is not None:
             idx = _stratified(y_test, check_int("n_test", n_test, low=1, high=len(y_test)), gen)
             x_test, y_test = x_test[idx], y_test[idx]
-        return ImageData(self.name, x_train, y_train, x_test, y_test, self.classes, self.source,
-                         dict(self.extra))
+        return ImageData(self.name, x_train, y_train, x_test, y_test, self.classes, self.source)
 
     def __repr__(self) -> str:
         return (f"ImageData({self.name!r}, train={tuple(self.x_train.shape)}, "
