@@ -291,7 +291,8 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     for t in tensors:
         t = t.detach().contiguous().cpu()
         digest.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
     return digest.hexdigest()
 
 
