@@ -53,7 +53,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile("full", None, None, TrainConfig(),
                     TrainConfig(epochs=5, batch_size=128, lr=2e-3),
                     TrainConfig(epochs=2, batch_size=128, lr=2e-3),
-                    TrainConfig(epochs=3, batch_size=128, lr=2e-3),
+                    TrainConfig(epochs=2, batch_size=128, lr=3e-3),
                     TrainConfig(epochs=3, batch_size=128, lr=2e-3),
                     (10, 30, 100, 300, 1000)),
     "quick": Profile("quick", 10_000, 2_000, TrainConfig(epochs=5),
