@@ -16,10 +16,11 @@ ifeq ($(HEADLESS),1)
 	$(BIN)/labsupport run solutions
 	$(BIN)/labsupport run labs
 else
-	$(BIN)/jupyter lab labs/
+	$(BIN)/labsupport lab
 endif
 
-test: setup
+test:
+	@bash scripts/setup.sh --test
 	rm -rf $(TEST_MODELS)
 	LABSUPPORT_MODELS=$(TEST_MODELS) $(BIN)/python -m pytest tests solutions --nbval-lax -p no:cacheprovider
 

@@ -38,7 +38,7 @@ from .experiments import (
                        load_lab_data,
                        train_and_evaluate,
 )
-from .io import load_model, save_model, sha256_file
+from .io import IntegrityError, load_model, save_model, sha256_file
 from .metrics import attack_success_rate, auroc, clean_accuracy, detection_scores
 from .models import MLP, ResNet18, SmallCNN, build_model
 from .training import (
@@ -57,7 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllToAll", "AttackReport", "Blend", "Compose", "DatasetNotFoundError", "GeneratedTrigger",
-    "ImageData", "MLP", "PROFILES", "Patch", "PoisonedSet", "Profile", "RandomPatch", "ReportTable",
+    "ImageData", "IntegrityError", "MLP", "PROFILES", "Patch", "PoisonedSet", "Profile", "RandomPatch", "ReportTable",
     "ResNet18", "SmallCNN", "TabularData", "TrainConfig", "Trigger", "TriggerGenerator", "attack_success_rate",
     "auroc", "badnets", "ban", "build_model", "checkerboard", "clean_accuracy", "clean_label",
     "composite", "configure_threads", "count_sweep", "detection_scores", "evaluate_backdoor", "evaluate_multi_target", "fit",

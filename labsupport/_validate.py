@@ -7,6 +7,7 @@ range, and the message always names the argument and what is allowed.
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,17 +56,55 @@ def check_rate(name: str, value: Any) -> float:
     return check_float(name, value, low=0.0, high=1.0)
 
 
+# Tensors whose values were already scanned, keyed by id: (weak reference, version counter). A
+# tensor passed through several public functions (train -> evaluate -> ASR) is scanned once; an
+# in-place change bumps its version and it is scanned again.
+_SCANNED: dict[int, tuple[weakref.ref, int]] = {}
+_TOLERANCE = 1e-6  # float rounding of blends such as 0.2 * 1 + 0.8 * 1
+
+
 def check_images(name: str, x: Any, *, channels: int | None = None) -> torch.Tensor:
-    """Images must be a float tensor of shape (N, C, H, W) with values in [0, 1]."""
+    """Images must be a float tensor of shape (N, C, H, W), C in {1, 3}, with finite values in [0, 1]."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W); got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor with values in [0, 1], got {x.dtype}")
+    if x.shape[1] not in (1, 3):
+        hint = (f"; it looks channels-last (N, H, W, C): use {name}.permute(0, 3, 1, 2)"
+                if x.shape[3] in (1, 3) else "")
+        raise ValueError(f"{name} must have shape (N, C, H, W) with C in {{1, 3}} channels; got shape "
+                         f"{tuple(x.shape)}{hint}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels; this trigger expects {channels}")
+    _check_values(name, x)
     return x
+
+
+def _check_values(name: str, x: torch.Tensor) -> None:
+    if x.numel() == 0:
+        return
+    seen = _SCANNED.get(id(x))
+    if seen is not None and seen[0]() is x and seen[1] == x._version:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if lo != lo or hi != hi:
+        raise ValueError(f"{name} contains NaN values; images must be finite floats in [0, 1]")
+    if lo < -_TOLERANCE or hi > 1 + _TOLERANCE:
+        hint = " (0-255 pixel values? divide by 255)" if hi > 1.5 and hi <= 255 and lo >= 0 else ""
+        raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; images must be finite floats in "
+                         f"[0, 1]{hint}")
+    if len(_SCANNED) > 256:  # forget dead entries
+        for key in [k for k, (ref, _) in _SCANNED.items() if ref() is None]:
+            del _SCANNED[key]
+    _SCANNED[id(x)] = (weakref.ref(x), x._version)
+
+
+def check_nonempty(name: str, x: Any) -> None:
+    """A data set must have at least one row."""
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty (0 rows); need at least one example")
 
 
 def check_labels(name: str, y: Any, *, n: int | None = None, num_classes: int | None = None) -> torch.Tensor:

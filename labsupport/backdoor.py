@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._validate import check_class, check_float, check_images, check_int, check_labels, check_rate
+from ._validate import check_class, check_float, check_images, check_int, check_labels, check_nonempty, check_rate
 from .metrics import TargetSpec, target_labels
 from .models import build_model
 from .training import TrainConfig, fit, pick_device
@@ -98,6 +98,7 @@ def choose_rows(eligible: torch.Tensor, count: int, seed: int) -> torch.Tensor:
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> int:
     check_images("x", x)
+    check_nonempty("x", x)
     check_labels("y", y, n=len(x), num_classes=check_int("num_classes", num_classes, low=2))
     return num_classes
 

@@ -1,11 +1,61 @@
-"""The ``labsupport`` command line: ``doctor``, ``data prepare``, ``labs generate`` and ``run``."""
+"""The ``labsupport`` command line: ``lab``, ``doctor``, ``data prepare``, ``labs generate``, ``run``
+and ``grade``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import webbrowser
 from pathlib import Path
+
+
+def browser_available() -> bool:
+    """Whether Python's ``webbrowser`` module can open a page here (False on headless servers)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                  or os.environ.get("BROWSER")):
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
+
+
+def jupyter_lab_command(folder: Path, *, port: int | None = None, ip: str | None = None,
+                        open_browser: bool | None = None) -> list[str]:
+    """The exact JupyterLab command ``make lab`` runs: serve ``folder``; add ``--allow-root`` when
+    running as root (containers, cloud VMs, CI), where JupyterLab otherwise refuses to start; add
+    ``--no-browser`` where no browser can be opened (JupyterLab then prints the URL to open)."""
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    if open_browser is None:
+        open_browser = browser_available()
+    if not open_browser:
+        cmd.append("--no-browser")
+    if port is not None:
+        cmd.append(f"--port={port}")
+    if ip is not None:
+        cmd.append(f"--ip={ip}")
+    return cmd
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from .course import repo_root
+
+    folder = Path(args.folder) if args.folder else repo_root() / "labs"
+    if not folder.is_dir():
+        print(f"no such folder: {folder}", file=sys.stderr)
+        return 2
+    cmd = jupyter_lab_command(folder, port=args.port, ip=args.ip,
+                              open_browser=False if args.no_browser else None)
+    print("starting JupyterLab: " + " ".join(cmd[1:]), flush=True)
+    if "--no-browser" in cmd:
+        print("no browser here: open the http://127.0.0.1:...?token=... URL printed below", flush=True)
+    os.execv(cmd[0], cmd)  # replaces this process, so Ctrl-C and exit codes are JupyterLab's own
+    return 1  # pragma: no cover
 
 
 def _doctor(_: argparse.Namespace) -> int:
@@ -71,6 +121,17 @@ def _labs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    from .course import annotate_solutions
+
+    changed = annotate_solutions(Path(args.root) if args.root else None)
+    for p in changed:
+        print(f"annotated {p}")
+    if not changed:
+        print("solutions/ already carry valid nbgrader metadata")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from nbclient.exceptions import CellExecutionError
 
@@ -103,9 +164,38 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from .grading import grade_submissions, write_csv
+
+    results = grade_submissions(args.submissions, release_dir=Path(args.release) if args.release else None,
+                                jobs=args.jobs, timeout=args.timeout, profile=args.profile)
+    path = write_csv(results, args.out)
+    for r in results:
+        print(f"{r.student:<20} {Path(r.notebook).name:<28} {r.total:g}/{r.max_points:g}  {r.status}"
+              f"  {r.seconds:.0f} s" + (f"  ({len(r.errors)} error(s))" if r.errors else ""))
+    print(f"wrote {path}")
+    return 0
+
+
+def _nbgrader_setup(args: argparse.Namespace) -> int:
+    from .grading import setup_nbgrader_course
+
+    names = setup_nbgrader_course(args.course_dir, course_id=args.course_id)
+    print(f"nbgrader course in {args.course_dir}: assignments {', '.join(names)}\n"
+          f"next: cd {args.course_dir} && nbgrader generate_assignment {names[0]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labsupport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="open the student labs in JupyterLab (works as root and headless)")
+    lab.add_argument("folder", nargs="?", help="folder to serve (default: labs/ of this checkout)")
+    lab.add_argument("--port", type=int, help="port (default: JupyterLab's, 8888 or the next free one)")
+    lab.add_argument("--ip", help="address to listen on (default: localhost)")
+    lab.add_argument("--no-browser", action="store_true", help="only print the URL")
+    lab.set_defaults(func=_lab)
 
     sub.add_parser("doctor", help="versions, device, and which datasets are present where").set_defaults(func=_doctor)
 
@@ -122,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--check", action="store_true", help="only report whether labs/ is stale")
     gen.add_argument("--root", help="course checkout (default: this one)")
     gen.set_defaults(func=_labs)
+    ann = labs_sub.add_parser("annotate", help="(re)write the nbgrader metadata of solutions/*.ipynb")
+    ann.add_argument("--root", help="course checkout (default: this one)")
+    ann.set_defaults(func=_annotate)
 
     run = sub.add_parser("run", help="execute notebooks headless and save executed copies")
     run.add_argument("which", choices=["solutions", "labs"], help="solution or student notebooks")
@@ -129,6 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=["full", "quick", "gpu"], help="override the profile")
     run.add_argument("--out", help="folder for executed copies (default: executed/<which>)")
     run.set_defaults(func=_run)
+
+    grade = sub.add_parser("grade", help="grade submitted notebooks (no nbgrader needed); CSV out")
+    grade.add_argument("submissions", nargs="+", help="notebooks, or folders with one subfolder per student")
+    grade.add_argument("-j", "--jobs", type=int, default=1, help="submissions graded in parallel")
+    grade.add_argument("--timeout", type=float, default=1800, help="seconds per submission (default 1800)")
+    grade.add_argument("--profile", choices=["full", "quick", "gpu"], help="override the notebooks' profile")
+    grade.add_argument("--release", help="folder of released notebooks (default: labs/)")
+    grade.add_argument("-o", "--out", default="grades.csv", help="CSV file to write (default grades.csv)")
+    grade.set_defaults(func=_grade)
+
+    nbg = sub.add_parser("nbgrader", help="nbgrader integration")
+    nbg_sub = nbg.add_subparsers(dest="nbgrader_command", required=True)
+    nbs = nbg_sub.add_parser("setup", help="make an nbgrader course directory from solutions/")
+    nbs.add_argument("course_dir")
+    nbs.add_argument("--course-id", default="poisoning-labs")
+    nbs.set_defaults(func=_nbgrader_setup)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,7 +3,9 @@
 Every file labsupport writes goes to a temporary file in the same folder first and is then renamed
 over the target with ``os.replace`` (atomic on POSIX), so a killed process never leaves a half
 written cache entry behind. Weights are stored as safetensors: loading them cannot execute code,
-unlike ``pickle``/``torch.load``.
+unlike ``pickle``/``torch.load``. Each weights file carries the SHA-256 of its tensors in its
+header (``content_sha256``), checked on every load, so a flipped byte is caught; a SHA-256 of the
+whole file (from a manifest) can be required on top.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+CONTENT_KEY = "content_sha256"
+
+
+class IntegrityError(ValueError):
+    """A file's content does not match its recorded SHA-256 (corrupt or tampered)."""
 
 
 @contextlib.contextmanager
@@ -59,16 +68,30 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a dict of tensors (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, Any] | None = None) -> Path:
-    """Save a dict of tensors as safetensors, atomically; ``metadata`` is stored as JSON strings."""
+    """Save a dict of tensors as safetensors, atomically; ``metadata`` is stored as JSON strings,
+    plus the tensors' SHA-256 under ``content_sha256``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
     os.close(fd)
     try:
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        meta[CONTENT_KEY] = tensors_sha256(cpu)
+        save_file(cpu, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -77,20 +100,52 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     return path
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle)."""
-    return load_file(str(path))
+def load_weights(path: str | os.PathLike, *, sha256: str | None = None,
+                 require_digest: bool = False) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never pickle) and verify it.
+
+    Args:
+        path: the file.
+        sha256: if given, the SHA-256 of the whole file must equal it (a manifest's entry).
+        require_digest: refuse a file without the ``content_sha256`` header entry.
+
+    Raises:
+        IntegrityError: the file or its tensors do not match their SHA-256 (corrupt or tampered).
+    """
+    path = Path(path)
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256.lower():
+            raise IntegrityError(f"{path}: SHA-256 is {actual}, expected {sha256.lower()}; "
+                                 "the file is corrupt or was changed - refusing to load it")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(CONTENT_KEY)
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise IntegrityError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if recorded is None:
+        if require_digest:
+            raise IntegrityError(f"{path}: no {CONTENT_KEY} recorded; cannot verify it")
+    elif tensors_sha256(tensors) != recorded:
+        raise IntegrityError(f"{path}: tensor data does not match its recorded SHA-256 "
+                             "(corrupt or tampered) - refusing to load it")
+    return tensors
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module,
                metadata: dict[str, Any] | None = None) -> Path:
-    """Save a model's ``state_dict`` as safetensors, atomically."""
+    """Save a model's ``state_dict`` as safetensors, atomically, with its content SHA-256."""
     return save_weights(path, model.state_dict(), metadata)
 
 
-def load_model(path: str | os.PathLike, model: torch.nn.Module) -> torch.nn.Module:
-    """Load safetensors weights into ``model`` (strict) and return it."""
-    state = load_weights(path)
+def load_model(path: str | os.PathLike, model: torch.nn.Module, *, sha256: str | None = None) -> torch.nn.Module:
+    """Load verified safetensors weights into ``model`` (strict) and return it.
+
+    ``sha256``: the expected SHA-256 of the file (e.g. from a manifest); a mismatch is refused with
+    :class:`IntegrityError`, as is tensor data that does not match the digest in its header.
+    """
+    state = load_weights(path, sha256=sha256)
     device = next(model.parameters()).device
     model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return model

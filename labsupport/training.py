@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,8 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ._validate import check_choice, check_float, check_images, check_int, check_labels
-from .io import load_model, save_model
+from ._validate import check_choice, check_float, check_images, check_int, check_labels, check_nonempty
+from .io import IntegrityError, load_weights, save_model
 from .models import MLP, MODEL_NAMES, build_model
 from .paths import model_cache
 
@@ -200,6 +201,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
         extra_params: more parameters optimised jointly with the model (a trigger generator).
     """
     check_images("x", x)
+    check_nonempty("x", x)
     check_labels("y", y, n=len(x))
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -315,6 +317,7 @@ def train_model(model_name: str, x: torch.Tensor, y: torch.Tensor, config: Train
     """
     check_choice("model_name", model_name, MODEL_NAMES)
     check_images("x", x)
+    check_nonempty("x", x)
     check_labels("y", y, n=len(x), num_classes=num_classes)
     dev = pick_device(device)
     torch.manual_seed(config.seed)
@@ -323,8 +326,15 @@ def train_model(model_name: str, x: torch.Tensor, y: torch.Tensor, config: Train
     if cache:
         path = model_cache() / f"{model_name}-{cache_key(model_name, config, x, y, num_classes)}.safetensors"
         if path.exists():
-            load_model(path, model)
-            return model.eval()
+            try:
+                state = load_weights(path, require_digest=True)
+                model.load_state_dict({k: v.to(dev) for k, v in state.items()}, strict=True)
+                return model.eval()
+            except (IntegrityError, RuntimeError) as exc:  # corrupt, tampered or from another version
+                warnings.warn(f"model cache entry {path.name} failed verification ({exc}); retraining it",
+                              stacklevel=2)
+                torch.manual_seed(config.seed)
+                model = build_model(model_name, tuple(x.shape[1:]), num_classes).to(dev)
     fit(model, x, y, config, device=dev, progress=progress, desc=desc or f"train {model_name}")
     if path is not None:
         save_model(path, model, {"model": model_name, "config": dataclasses.asdict(config)})

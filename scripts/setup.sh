@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the course needs, idempotently: a virtual environment (.venv), PyTorch,
-# labsupport with its test extras, and the offline datasets. Safe to run again.
+# labsupport with its extras (EXTRAS, default test,grading,browser), the offline datasets, and with
+# --test Debian's chromium for the browser test. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,17 +25,29 @@ if ! "$P" -c "import torch, torchvision" 2>/dev/null; then
   "$P" -m pip install -q ${TORCH_SPEC:-$default_spec} 2>&1 | { grep -v "is ignored: it is neither" || true; }
 fi
 
-echo "==> installing labsupport and its dependencies"
-"$P" -m pip install -q -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+EXTRAS=${EXTRAS:-test,grading,browser}
+echo "==> installing labsupport and its dependencies (extras: $EXTRAS)"
+"$P" -m pip install -q -e ".[$EXTRAS]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo -n"
+apt_install() {  # apt_install PACKAGE...: install Debian packages as root or with password-less sudo
+  command -v apt-get >/dev/null || return 1
+  $SUDO apt-get install -y -q "$@" >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q "$@" >/dev/null 2>&1; }
+}
 
 # Fashion-MNIST ships as a Debian package (offline); everything else is bundled or downloaded.
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo -n"
   echo "==> installing Debian's dataset-fashion-mnist"
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-    || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+  apt_install dataset-fashion-mnist \
     || echo "    could not install it (no root?). Run: sudo apt-get install dataset-fashion-mnist"
+fi
+
+# The browser test (tests/test_browser.py) drives Debian's chromium; only `make test` asks for it.
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  echo "==> installing Debian's chromium for the browser test"
+  apt_install chromium || echo "    could not install chromium; the browser test will be skipped"
 fi
 
 echo "==> preparing datasets"

@@ -35,6 +35,9 @@ def test_lab_hides_solutions_and_keeps_checks(path):
 
 
 def test_strip_solutions_keeps_indentation():
+    assert course.strip_solutions("### BEGIN SOLUTION\nx = 1\n### END SOLUTION") == course.CODE_STUB
+    with pytest.raises(ValueError, match="nested"):
+        course.strip_solutions("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n### END SOLUTION")
     src = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n\nprint(1)"
     assert course.strip_solutions(src) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\nprint(1)"
 
@@ -48,6 +51,10 @@ def test_generate_writes_and_detects_edits(tmp_path):
     (tmp_path / "solutions").mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION")])
     nbformat.write(nb, tmp_path / "solutions" / "a.ipynb")
+    with pytest.raises(ValueError, match="solution region but no nbgrader"):
+        course.generate_labs(tmp_path, check=True)
+    assert course.annotate_solutions(tmp_path) == [tmp_path / "solutions" / "a.ipynb"]
+    nb = nbformat.read(tmp_path / "solutions" / "a.ipynb", as_version=4)
     assert course.generate_labs(tmp_path, check=True).stale == [tmp_path / "labs" / "a.ipynb"]
     assert course.generate_labs(tmp_path).written == [tmp_path / "labs" / "a.ipynb"]
     assert course.generate_labs(tmp_path, check=True).stale == []
