@@ -24,6 +24,7 @@ from .backdoor import (
                        composite,
                        multi_target,
                        pgd_away,
+                       trigger_diversity,
 )
 from .data import DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes
 from .experiments import (
@@ -63,5 +64,5 @@ __all__ = [
     "composite", "configure_threads", "count_sweep", "detection_scores", "evaluate_backdoor", "evaluate_multi_target", "fit",
     "get_profile", "load_dataset", "load_diabetes", "load_lab_data", "load_model", "multi_target",
     "noise_key", "pgd_away", "pick_device", "predict", "predict_proba", "region_grid", "save_model",
-    "seed_everything", "sha256_file", "train_and_evaluate", "train_model", "white_square",
+    "seed_everything", "sha256_file", "train_and_evaluate", "train_model", "trigger_diversity", "white_square",
 ]

@@ -314,14 +314,35 @@ def _stamp_random(x: torch.Tensor, patterns: torch.Tensor, gen: torch.Generator)
     return stamp(x, patterns, rows, cols)
 
 
+def trigger_diversity(generator: TriggerGenerator, n: int = 256, seed: int = 0) -> dict[str, float]:
+    """How different BaN's triggers are: the mean L1 distance per pixel between the patterns of
+    ``n`` random noise pairs (``patterns``), the same for the noise inputs (``noise``, 1/3 for
+    U[0, 1]), and for random U[0, 1] patterns of the trigger's shape (``random``, also 1/3). A
+    collapsed generator, drawing one pattern whatever the noise, has ``patterns`` near 0."""
+    n = check_int("n", n, low=2)
+    gen = torch.Generator().manual_seed(seed)
+    dev = next(generator.parameters()).device
+    z1, z2 = (torch.rand(n, generator.noise_dim, generator=gen) for _ in range(2))
+    with torch.no_grad():
+        p1, p2 = generator(z1.to(dev)).cpu(), generator(z2.to(dev)).cpu()
+    r1, r2 = torch.rand(p1.shape, generator=gen), torch.rand(p1.shape, generator=gen)
+    return {"patterns": float((p1 - p2).abs().mean()), "noise": float((z1 - z2).abs().mean()),
+            "random": float((r1 - r2).abs().mean())}
+
+
 def ban(x: torch.Tensor, y: torch.Tensor, target: int = 9, *, rate: float | None = None,
         count: int | None = None, model_name: str = "mlp", config: TrainConfig = TrainConfig(),
-        size: int = 5, noise_dim: int = 16, seed: int = 0, num_classes: int = 10,
+        size: int = 5, noise_dim: int = 16, diversity: float = 0.05, seed: int = 0, num_classes: int = 10,
         device: str | torch.device = "auto", progress: bool = True) -> tuple[nn.Module, PoisonedSet]:
     """BaN (Salem et al. 2022): train ``model_name`` and a :class:`TriggerGenerator` jointly.
     At every step the poisoned rows in the batch get a freshly generated trigger at a random
     location and the target label; both networks minimise the same cross-entropy, so the
     generator learns triggers the model maps to ``target``.
+
+    Left alone, the generator collapses to one pattern (only the location stays random). The
+    diversity term of input-aware dynamic backdoors (Nguyen & Tran 2020),
+    ``diversity * mean(|z1 - z2| / |G(z1) - G(z2)|)`` over pairs of noise vectors, keeps different
+    noise mapped to different triggers; ``diversity=0`` switches it off.
 
     Returns:
         (model, poisoned) where ``poisoned.trigger`` is a :class:`GeneratedTrigger` and
@@ -330,6 +351,7 @@ def ban(x: torch.Tensor, y: torch.Tensor, target: int = 9, *, rate: float | None
     k = _check_xy(x, y, num_classes)
     target = check_class("target", target, k)
     check_int("size", size, low=1, high=min(x.shape[2], x.shape[3]))
+    diversity = check_float("diversity", diversity, low=0.0)
     eligible = y != target
     n = poison_count(len(y), int(eligible.sum()), rate, count)
     rows = choose_rows(eligible, n, seed)
@@ -342,18 +364,30 @@ def ban(x: torch.Tensor, y: torch.Tensor, target: int = 9, *, rate: float | None
     rng = torch.Generator().manual_seed(seed + 1)
     mask_dev = mask.to(dev)
 
+    div_term: list[torch.Tensor] = []
+
     def hook(xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sel = mask_dev[idx]
         m = int(sel.sum())
         if m == 0:
             return xb, yb
         xb, yb = xb.clone(), yb.clone()
-        xb[sel] = _stamp_random(xb[sel], gen_net.sample(m, rng), rng)
+        z1 = torch.rand(m, noise_dim, generator=rng).to(dev)
+        patterns = gen_net(z1)
+        xb[sel] = _stamp_random(xb[sel], patterns, rng)
         yb[sel] = target
+        if diversity > 0 and m > 1:
+            z2 = torch.rand(m, noise_dim, generator=rng).to(dev)
+            d_z = (z1 - z2).abs().mean(1)
+            d_g = (patterns - gen_net(z2)).abs().flatten(1).mean(1)
+            div_term.append(diversity * (d_z / (d_g + 1e-3)).mean())
         return xb, yb
 
+    def extra_loss() -> torch.Tensor:
+        return div_term.pop() if div_term else torch.zeros((), device=dev)
+
     fit(model, x, y, config, device=dev, progress=progress, batch_hook=hook,
-        extra_params=gen_net.parameters(), desc="train BaN")
+        extra_params=gen_net.parameters(), extra_loss=extra_loss, desc="train BaN")
     gen_net.eval()
     trigger = GeneratedTrigger(gen_net, seed + 2)
     x_p, y_p = x.clone(), y.clone()

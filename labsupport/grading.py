@@ -30,7 +30,7 @@ from pathlib import Path
 import nbformat
 
 from ._validate import check_int
-from .course import INSTRUCTOR_TAG, repo_root
+from .course import repo_root
 from .io import atomic_write_bytes
 
 

@@ -186,7 +186,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig,
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig = TrainConfig(),
         *, device: str | torch.device = "auto", progress: bool = True,
         batch_hook: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        extra_params: Iterable[torch.nn.Parameter] = (), desc: str = "train") -> list[float]:
+        extra_params: Iterable[torch.nn.Parameter] = (),
+        extra_loss: Callable[[], torch.Tensor] | None = None, desc: str = "train") -> list[float]:
     """Train ``model`` in place with AdamW and cross-entropy; return the mean loss of each epoch.
 
     Args:
@@ -199,6 +200,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
         batch_hook: optional ``f(xb, yb, idx) -> (xb, yb)`` applied to every batch (``idx`` are the
             rows of ``x``) before the forward pass; attacks that poison on the fly use it (BaN).
         extra_params: more parameters optimised jointly with the model (a trigger generator).
+        extra_loss: optional ``f() -> scalar`` added to each step's loss after ``batch_hook`` ran
+            (BaN's trigger-diversity term).
     """
     check_images("x", x)
     check_nonempty("x", x)
@@ -212,7 +215,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
         # while training, and restore IEEE behaviour afterwards for everything else.
         torch.set_flush_denormal(True)
     try:
-        return _fit(model, x, y, config, dev, progress, batch_hook, extra_params, desc)
+        return _fit(model, x, y, config, dev, progress, batch_hook, extra_params, extra_loss, desc)
     finally:
         if dev.type == "cpu":
             torch.set_flush_denormal(False)
@@ -220,7 +223,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
 
 def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, dev: torch.device,
          progress: bool, batch_hook: Callable | None, extra_params: Iterable[torch.nn.Parameter],
-         desc: str) -> list[float]:
+         extra_loss: Callable[[], torch.Tensor] | None, desc: str) -> list[float]:
     model.to(dev).train()
     x_dev, y_dev = x.to(dev), y.to(dev, torch.int64)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -229,7 +232,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig
         x_dev = x_dev.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config, extra_params)
-    manual = type(model) is MLP and batch_hook is None and config.augment == "none"
+    manual = type(model) is MLP and batch_hook is None and extra_loss is None and config.augment == "none"
     history: list[float] = []
     bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False)
     for _ in bar:
@@ -245,7 +248,10 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig
                 loss = model.manual_step(xb, yb, config.label_smoothing)
             else:
                 loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
-                loss.backward()
+                if extra_loss is not None:
+                    (loss + extra_loss()).backward()
+                else:
+                    loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)
         history.append(float(total) / len(x_dev))

@@ -1,14 +1,17 @@
-"""Plots for the labs: image grids, clean-vs-poisoned pairs and poison-count curves."""
+"""Plots and widgets for the labs: image grids, clean-vs-poisoned pairs, poison-count curves, and
+interactive explorations (a trigger designer, a poison-count slider)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 
-from ._validate import check_images, check_int
+from ._validate import check_choice, check_float, check_images, check_int
 from .experiments import AttackReport
+from .triggers import Patch, Trigger, checkerboard, white_square
 
 
 def show_images(images: torch.Tensor, titles: Sequence[str] | None = None, *, ncols: int = 8,
@@ -91,3 +94,120 @@ def plot_curve(xs: Sequence[float], series: dict[str, Sequence[float]], *, xlabe
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactive explorations (ipywidgets). Each callback is a pure function returning a figure, so
+# it is tested without a browser; the widget only wires controls to it.
+# ---------------------------------------------------------------------------------------------
+
+TRIGGER_PATTERNS = ("checkerboard", "white square", "noise")
+TRIGGER_PLACES = ("bottom-right", "bottom-left", "top-right", "top-left")
+
+
+def make_trigger(pattern: str = "checkerboard", size: int = 4, place: str = "bottom-right",
+                 alpha: float = 1.0, channels: int = 1) -> Trigger:
+    """A trigger from a designer's choices: a ``pattern`` of ``size`` pixels at ``place``, pasted
+    (``alpha = 1``) or blended in with opacity ``alpha``."""
+    check_choice("pattern", pattern, TRIGGER_PATTERNS)
+    check_choice("place", place, TRIGGER_PLACES)
+    size = check_int("size", size, low=1, high=16)
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=True)
+    if pattern == "checkerboard":
+        pat = checkerboard(size, channels)
+    elif pattern == "white square":
+        pat = white_square(size, channels)
+    else:
+        pat = torch.rand(channels, size, size, generator=torch.Generator().manual_seed(size))
+    patch = Patch(pat, place)
+    if alpha == 1.0:
+        return patch
+    return _BlendedPatch(patch, alpha)
+
+
+@dataclass
+class _BlendedPatch(Trigger):
+    patch: Patch
+    alpha: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * self.patch(x) + (1 - self.alpha) * x
+
+
+def trigger_view(model: torch.nn.Module, image: torch.Tensor, classes: Sequence[str], *,
+                 pattern: str = "checkerboard", size: int = 4, place: str = "bottom-right",
+                 alpha: float = 1.0, target: int | None = None) -> plt.Figure:
+    """The trigger designer: ``image`` (C, H, W) clean and stamped side by side, with the model's
+    top-3 class probabilities for each (the target, if given, in red)."""
+    check_images("image", image.unsqueeze(0))
+    trig = make_trigger(pattern, size, place, alpha, channels=image.shape[0])
+    pair = torch.stack([image, trig(image.unsqueeze(0))[0]])
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        probs = model(pair.to(dev)).softmax(1).cpu()
+        model.train(was)
+    fig, axes = plt.subplots(1, 4, figsize=(9, 2.4), gridspec_kw={"width_ratios": [1, 1.4, 1, 1.4]})
+    for k, (img, p, name) in enumerate(zip(pair, probs, ("clean", "with trigger"))):
+        ax_img, ax_bar = axes[2 * k], axes[2 * k + 1]
+        ax_img.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax_img.axis("off")
+        top = p.topk(3)
+        labels = [classes[int(i)] for i in top.indices]
+        colors = ["C3" if target is not None and int(i) == target else "C0" for i in top.indices]
+        ax_bar.barh(range(3)[::-1], top.values.numpy(), color=colors)
+        ax_bar.set_yticks(range(3)[::-1], labels, fontsize=8)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.set_title(f"{name}: {classes[int(top.indices[0])]} ({100 * float(top.values[0]):.0f}%)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def design_trigger(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[str], *,
+                   target: int | None = None):
+    """Widget: pick an image, a pattern, its size, place and opacity; see the stamped image and the
+    model's prediction update."""
+    import ipywidgets as w
+
+    check_images("images", images)
+
+    def show(index: int, pattern: str, size: int, place: str, alpha: float) -> None:
+        trigger_view(model, images[index], classes, pattern=pattern, size=size, place=place, alpha=alpha,
+                     target=target)
+        plt.show()
+
+    return w.interactive(show, index=w.IntSlider(0, 0, len(images) - 1, description="image"),
+                         pattern=w.Dropdown(options=TRIGGER_PATTERNS, value="checkerboard"),
+                         size=w.IntSlider(4, 1, 8, description="size"),
+                         place=w.Dropdown(options=TRIGGER_PLACES, value="bottom-right"),
+                         alpha=w.FloatSlider(1.0, min=0.05, max=1.0, step=0.05, description="opacity"))
+
+
+def sweep_view(reports: Sequence[AttackReport], count: int) -> plt.Figure:
+    """The poison-count sweep with the row for ``count`` highlighted and its numbers in the title."""
+    counts = [r.poisons for r in reports]
+    if count not in counts:
+        raise ValueError(f"count={count} is not in the sweep; choose one of {counts}")
+    rep = reports[counts.index(count)]
+    fig = plot_sweep(reports, title=f"{count} poisons ({100 * rep.rate:.3g}% of the data): "
+                                    f"ASR {100 * rep.asr:.1f}%, CA {100 * rep.ca:.1f}%")
+    fig.axes[0].axvline(count, color="k", lw=1, alpha=0.5)
+    fig.axes[0].plot([count], [100 * rep.asr], "o", ms=12, mfc="none", mec="k")
+    return fig
+
+
+def explore_sweep(reports: Sequence[AttackReport]):
+    """Widget: a slider over the precomputed poison counts; the plot and numbers follow."""
+    import ipywidgets as w
+
+    if not reports:
+        raise ValueError("reports is empty")
+
+    def show(count: int) -> None:
+        sweep_view(reports, count)
+        plt.show()
+
+    return w.interactive(show, count=w.SelectionSlider(options=[r.poisons for r in reports],
+                                                       value=reports[len(reports) // 2].poisons,
+                                                       description="poisons"))

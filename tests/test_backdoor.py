@@ -73,3 +73,13 @@ def test_generator_outputs_valid_triggers():
     g = ls.TriggerGenerator(noise_dim=8, size=5, channels=3)
     out = g.sample(7, torch.Generator().manual_seed(0))
     assert out.shape == (7, 3, 5, 5) and out.min() >= 0 and out.max() <= 1
+
+
+def test_trigger_diversity_separates_collapsed_and_dynamic_generators():
+    gen = ls.TriggerGenerator(noise_dim=8, size=4)
+    torch.nn.init.zeros_(gen.net[2].weight)  # output independent of the noise: one pattern
+    collapsed = ls.trigger_diversity(gen)
+    assert collapsed["patterns"] < 1e-6 and abs(collapsed["random"] - 1 / 3) < 0.02
+    assert abs(collapsed["noise"] - 1 / 3) < 0.02
+    dynamic = ls.trigger_diversity(ls.TriggerGenerator(noise_dim=8, size=4, hidden=16))
+    assert dynamic["patterns"] > 100 * collapsed["patterns"] + 1e-3
