@@ -52,12 +52,12 @@ from .training import (
                        seed_everything,
                        train_model,
 )
-from .triggers import Blend, Compose, Patch, RandomPatch, Trigger, checkerboard, noise_key, region_grid, white_square
+from .triggers import Blend, BlendedPatch, Compose, Patch, RandomPatch, Trigger, checkerboard, noise_key, region_grid, white_square
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AllToAll", "AttackReport", "Blend", "Compose", "DatasetNotFoundError", "GeneratedTrigger",
+    "AllToAll", "AttackReport", "Blend", "BlendedPatch", "Compose", "DatasetNotFoundError", "GeneratedTrigger",
     "ImageData", "IntegrityError", "MLP", "PROFILES", "Patch", "PoisonedSet", "Profile", "RandomPatch", "ReportTable",
     "ResNet18", "SmallCNN", "TabularData", "TrainConfig", "Trigger", "TriggerGenerator", "attack_success_rate",
     "auroc", "badnets", "ban", "build_model", "checkerboard", "clean_accuracy", "clean_label",

@@ -130,7 +130,7 @@ def nbgrader_checksum(cell: nbformat.NotebookNode) -> str:
     the grade/solution/locked flags, the grade id and the points."""
     meta = cell.metadata["nbgrader"]
     grade, solution = bool(meta.get("grade")), bool(meta.get("solution"))
-    locked = False if solution else (True if grade else bool(meta.get("locked")))
+    locked = not solution and (grade or bool(meta.get("locked")))
     digest = hashlib.md5()
     for part in (cell.source, cell.cell_type, str(grade), str(solution), str(locked), meta["grade_id"]):
         digest.update(part.encode("utf-8"))

@@ -15,6 +15,8 @@ releases exactly ``labs/``.
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import os
 import shutil
@@ -127,6 +129,16 @@ def fill_solutions(release: nbformat.NotebookNode, solution: nbformat.NotebookNo
     return nb
 
 
+@functools.lru_cache(maxsize=32)
+def _exercises_of(release: Path, mtime: float) -> tuple[Exercise, ...]:
+    return tuple(release_exercises(nbformat.read(release, as_version=4)))
+
+
+def exercises_of(release: Path) -> list[Exercise]:
+    """The check cells of a release file, parsed once per file version."""
+    return list(_exercises_of(Path(release), Path(release).stat().st_mtime))
+
+
 def restore_checks(submission: nbformat.NotebookNode, exercises: list[Exercise]) -> list[str]:
     """Put the released source back into every check cell (matched by grade id), in place.
     Returns the grade ids whose cell the student deleted (they score 0)."""
@@ -200,7 +212,7 @@ def _run_one(submission: Path, release: Path, results: Path, cell_timeout: int) 
     from nbclient import NotebookClient
 
     nb = nbformat.read(submission, as_version=4)
-    exercises = release_exercises(nbformat.read(release, as_version=4))
+    exercises = exercises_of(release)
     missing = restore_checks(nb, exercises)
     ids = {e.grade_id for e in exercises}
     log = open(results, "a", buffering=1)
@@ -227,7 +239,7 @@ def _run_one(submission: Path, release: Path, results: Path, cell_timeout: int) 
 
 def _score(student: str, submission: Path, release: Path, results: Path, status: str,
            seconds: float) -> GradeResult:
-    exercises = release_exercises(nbformat.read(release, as_version=4))
+    exercises = exercises_of(release)
     res = GradeResult(student, str(submission), {e.grade_id: 0.0 for e in exercises},
                       sum(e.points for e in exercises), seconds=seconds, status=status)
     points = {e.grade_id: e.points for e in exercises}
@@ -320,7 +332,6 @@ def write_csv(results: list[GradeResult], path: str | os.PathLike) -> Path:
     rows = [[r.student, r.notebook, *[_fmt(r.points[g]) if g in r.points else "" for g in ids],
              _fmt(r.total), _fmt(r.max_points), r.status, f"{r.seconds:.1f}", "; ".join(r.errors)]
             for r in results]
-    import io
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 
 CONTENT_KEY = "content_sha256"
 
@@ -68,14 +68,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def update_digest(digest: Any, t: torch.Tensor, header: str) -> None:
+    """Feed ``header`` and the raw bytes of ``t`` (hashed in place, no copy on CPU) to ``digest``."""
+    t = t.detach().contiguous().cpu()
+    digest.update(header.encode())
+    if t.numel():
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of a dict of tensors (sorted by name)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+        t = tensors[name]
+        update_digest(digest, t, f"{name}|{t.dtype}|{tuple(t.shape)}|")
     return digest.hexdigest()
 
 
@@ -113,15 +119,16 @@ def load_weights(path: str | os.PathLike, *, sha256: str | None = None,
         IntegrityError: the file or its tensors do not match their SHA-256 (corrupt or tampered).
     """
     path = Path(path)
+    data = path.read_bytes()  # read once: the bytes checked are the bytes loaded
     if sha256 is not None:
-        actual = sha256_file(path)
+        actual = hashlib.sha256(data).hexdigest()
         if actual != sha256.lower():
             raise IntegrityError(f"{path}: SHA-256 is {actual}, expected {sha256.lower()}; "
                                  "the file is corrupt or was changed - refusing to load it")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            recorded = (handle.metadata() or {}).get(CONTENT_KEY)
-        tensors = load_file(str(path))
+        header_len = int.from_bytes(data[:8], "little")
+        recorded = json.loads(data[8:8 + header_len]).get("__metadata__", {}).get(CONTENT_KEY)
+        tensors = load_safetensors_bytes(data)
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise IntegrityError(f"{path}: not a readable safetensors file ({exc})") from exc
     if recorded is None:
@@ -139,13 +146,15 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module,
     return save_weights(path, model.state_dict(), metadata)
 
 
-def load_model(path: str | os.PathLike, model: torch.nn.Module, *, sha256: str | None = None) -> torch.nn.Module:
+def load_model(path: str | os.PathLike, model: torch.nn.Module, *, sha256: str | None = None,
+               require_digest: bool = False) -> torch.nn.Module:
     """Load verified safetensors weights into ``model`` (strict) and return it.
 
     ``sha256``: the expected SHA-256 of the file (e.g. from a manifest); a mismatch is refused with
-    :class:`IntegrityError`, as is tensor data that does not match the digest in its header.
+    :class:`IntegrityError`, as is tensor data that does not match the digest in its header (which
+    ``require_digest`` makes mandatory).
     """
-    state = load_weights(path, sha256=sha256)
+    state = load_weights(path, sha256=sha256, require_digest=require_digest)
     device = next(model.parameters()).device
     model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return model

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_images, check_int, check_labels, check_nonempty
-from .io import IntegrityError, load_weights, save_model
+from .io import IntegrityError, load_model, save_model, update_digest
 from .models import MLP, MODEL_NAMES, build_model
 from .paths import model_cache
 
@@ -297,10 +297,7 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     """SHA-256 over the bytes, shapes and dtypes of tensors (identifies a training set exactly)."""
     digest = hashlib.sha256()
     for t in tensors:
-        t = t.detach().contiguous().cpu()
-        digest.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
-        if t.numel():
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
+        update_digest(digest, t, f"{tuple(t.shape)}|{t.dtype}|")
     return digest.hexdigest()
 
 
@@ -333,9 +330,7 @@ def train_model(model_name: str, x: torch.Tensor, y: torch.Tensor, config: Train
         path = model_cache() / f"{model_name}-{cache_key(model_name, config, x, y, num_classes)}.safetensors"
         if path.exists():
             try:
-                state = load_weights(path, require_digest=True)
-                model.load_state_dict({k: v.to(dev) for k, v in state.items()}, strict=True)
-                return model.eval()
+                return load_model(path, model, require_digest=True).eval()
             except (IntegrityError, RuntimeError) as exc:  # corrupt, tampered or from another version
                 warnings.warn(f"model cache entry {path.name} failed verification ({exc}); retraining it",
                               stacklevel=2)

@@ -193,6 +193,21 @@ class Blend(Trigger):
 
 
 @dataclass
+class BlendedPatch(Trigger):
+    """A patch blended in with opacity ``alpha``: ``alpha * patch(x) + (1 - alpha) * x`` (only the
+    patch window changes; ``alpha = 1`` is the plain patch)."""
+
+    patch: Patch
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.alpha = check_float("alpha", self.alpha, low=0.0, high=1.0, low_open=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * self.patch(x) + (1 - self.alpha) * x
+
+
+@dataclass
 class RandomPatch(Trigger):
     """Random-location backdoor (Salem et al. 2022): ``pattern`` stamped at a uniformly random
     position inside ``region`` = (row0, col0, row1, col1) (default: the whole image), a fresh

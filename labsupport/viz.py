@@ -4,14 +4,13 @@ interactive explorations (a trigger designer, a poison-count slider)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 
 from ._validate import check_choice, check_float, check_images, check_int
 from .experiments import AttackReport
-from .triggers import Patch, Trigger, checkerboard, white_square
+from .triggers import BlendedPatch, Patch, Trigger, checkerboard, white_square
 
 
 def show_images(images: torch.Tensor, titles: Sequence[str] | None = None, *, ncols: int = 8,
@@ -120,18 +119,7 @@ def make_trigger(pattern: str = "checkerboard", size: int = 4, place: str = "bot
     else:
         pat = torch.rand(channels, size, size, generator=torch.Generator().manual_seed(size))
     patch = Patch(pat, place)
-    if alpha == 1.0:
-        return patch
-    return _BlendedPatch(patch, alpha)
-
-
-@dataclass
-class _BlendedPatch(Trigger):
-    patch: Patch
-    alpha: float
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.alpha * self.patch(x) + (1 - self.alpha) * x
+    return patch if alpha == 1.0 else BlendedPatch(patch, alpha)
 
 
 def trigger_view(model: torch.nn.Module, image: torch.Tensor, classes: Sequence[str], *,
