@@ -199,3 +199,41 @@ def explore_sweep(reports: Sequence[AttackReport]):
     return w.interactive(show, count=w.SelectionSlider(options=[r.poisons for r in reports],
                                                        value=reports[len(reports) // 2].poisons,
                                                        description="poisons"))
+
+
+def rounds_view(matrix, attack: str) -> plt.Figure:
+    """Test accuracy (and the backdoor's ASR) after every round, one line per aggregation rule,
+    for one attack of a federated :class:`~labsupport.defenses.federated.FedMatrix`."""
+    check_choice("attack", attack, matrix.attacks)
+    backdoor = attack == "backdoor"
+    fig, axes = plt.subplots(1, 2 if backdoor else 1, figsize=(10 if backdoor else 5.5, 3.4), squeeze=False)
+    for rule in matrix.rules:
+        res = matrix.results[(rule, attack)]
+        rounds = range(1, len(res.accuracy) + 1)
+        axes[0, 0].plot(rounds, [100 * a for a in res.accuracy], label=rule)
+        if backdoor:
+            axes[0, 1].plot(rounds, [100 * a for a in res.asr], label=rule)
+    axes[0, 0].set_title(f"accuracy under {attack}")
+    axes[0, 0].set_ylim(0, 100)
+    if backdoor:
+        axes[0, 1].set_title("backdoor ASR")
+        axes[0, 1].set_ylim(0, 100)
+    for ax in axes[0]:
+        ax.set_xlabel("round")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def explore_rounds(matrix):
+    """Widget: pick an attack; the per-round curves of every rule follow."""
+    import ipywidgets as w
+
+    def show(attack: str) -> None:
+        rounds_view(matrix, attack)
+        plt.show()
+
+    return w.interactive(show, attack=w.Dropdown(options=list(matrix.attacks), value=matrix.attacks[-1],
+                                                 description="attack"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the course needs, idempotently: a virtual environment (.venv), PyTorch,
-# labsupport with its extras (EXTRAS, default test,grading,browser), the offline datasets, and with
+# labsupport with its extras (EXTRAS, default test,grading,browser,lab4), the offline datasets, and with
 # --test Debian's chromium for the browser test. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ if ! "$P" -c "import torch, torchvision" 2>/dev/null; then
   "$P" -m pip install -q ${TORCH_SPEC:-$default_spec} 2>&1 | { grep -v "is ignored: it is neither" || true; }
 fi
 
-EXTRAS=${EXTRAS:-test,grading,browser}
+EXTRAS=${EXTRAS:-test,grading,browser,lab4}
 echo "==> installing labsupport and its dependencies (extras: $EXTRAS)"
 "$P" -m pip install -q -e ".[$EXTRAS]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 

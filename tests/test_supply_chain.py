@@ -86,3 +86,17 @@ def test_manifest_bad_input(tmp_path):
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ValueError, match="not a labsupport manifest"):
         sc.verify_manifest(tmp_path / "junk.json")
+
+
+def test_picklescan_flags_the_torch_exploit_but_judges_by_its_own_name_list(tmp_path):
+    from labsupport.defenses import third_party_scan
+
+    bad = sc.write_pickle_exploit(tmp_path / "model.pt", tmp_path / "marker")
+    report = third_party_scan(bad)
+    assert report.infected and report.dangerous
+    assert report.tool.startswith("picklescan")
+    assert not (tmp_path / "marker").exists()  # scanning never runs the payload
+    good = tmp_path / "clean.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    clean = third_party_scan(good)
+    assert not clean.infected and not clean.dangerous

@@ -67,7 +67,9 @@ def krum_scores(updates: torch.Tensor, f: int) -> torch.Tensor:
     if n - f - 2 < 1:
         raise ValueError(f"f={f} is too large for n={n} clients; Krum needs n > f + 2 (here f <= {max(n - 3, 0)}), "
                          "and its guarantee n > 2f + 2")
-    d2 = torch.cdist(updates.double(), updates.double()).pow(2)
+    u = updates.double()
+    sq = u.pow(2).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * (u @ u.t())).clamp_min_(0)  # |a-b|^2 via one Gram matrix
     d2.fill_diagonal_(float("inf"))
     return d2.topk(n - f - 2, dim=1, largest=False).values.sum(1)
 

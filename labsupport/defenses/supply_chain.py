@@ -149,6 +149,40 @@ def scan_pickle(path: str | os.PathLike, allow: Iterable[tuple[str, str]] = SAFE
     return ScanReport(Path(path), imports, [g for g in dict.fromkeys(imports) if g not in allow])
 
 
+@dataclass
+class ThirdPartyScan:
+    """What a block-list scanner (picklescan) said about a file: the callables it judged
+    dangerous, those it only called suspicious, and its verdict."""
+
+    tool: str
+    dangerous: list[str]
+    suspicious: list[str]
+    infected: bool
+
+    def __str__(self) -> str:
+        verdict = "INFECTED" if self.infected else "no issue reported"
+        return (f"{self.tool}: {verdict}; dangerous: {', '.join(self.dangerous) or '-'}; "
+                f"suspicious: {', '.join(self.suspicious) or '-'}")
+
+
+def third_party_scan(path: str | os.PathLike) -> ThirdPartyScan:
+    """Scan ``path`` with picklescan (the scanner Hugging Face runs on uploads). It looks callables
+    up in its own lists: names it knows as dangerous make the file infected, unknown ones are only
+    "suspicious", which is why an allow-list (:func:`scan_pickle`) is the safer rule."""
+    try:
+        from importlib.metadata import version
+
+        from picklescan.scanner import SafetyLevel, scan_file_path
+    except ImportError as exc:
+        raise ImportError("picklescan is not installed; run: pip install -e '.[lab4]' "
+                          "(or: pip install picklescan)") from exc
+    res = scan_file_path(str(path))
+    names = {level: [f"{g.module}.{g.name}" for g in res.globals if g.safety == level]
+             for level in (SafetyLevel.Dangerous, SafetyLevel.Suspicious)}
+    return ThirdPartyScan(f"picklescan {version('picklescan')}", names[SafetyLevel.Dangerous],
+                          names[SafetyLevel.Suspicious], res.infected_files > 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # SHA-256 manifests
 # ---------------------------------------------------------------------------------------------
