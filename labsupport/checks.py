@@ -106,3 +106,83 @@ def check_success_rate(success_rate: Callable[..., float]) -> None:
             raise ExerciseError(f"expected {expected:.4f}, got {out:.4f} for pred={pred.tolist()[:8]}..., "
                                 f"y={y.tolist()[:8]}..., target={target}")
     _ok(f"success_rate matches the course's ASR definition on {len(cases)} cases.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 4: robust aggregation and sanitization
+# ---------------------------------------------------------------------------------------------
+
+def _updates(seed: int, n: int, d: int = 7) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def check_coordinate_median(coordinate_median: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Exercise: ``coordinate_median(updates)`` returns, for each coordinate, the median over the
+    clients (rows); with an even number of rows, the mean of the two middle values."""
+    from .defenses import aggregation
+
+    for n in (5, 8, 1):
+        u = _updates(n, n)
+        out = _expect_tensor("coordinate_median", coordinate_median(u.clone()), u[0])
+        want = aggregation.coordinate_median(u)
+        if not torch.allclose(out, want, atol=1e-6):
+            if n % 2 == 0 and torch.allclose(out, u.median(0).values):
+                raise ExerciseError("with an even number of clients torch.median returns the lower of the "
+                                    "two middle values; return their mean (as numpy.median does)")
+            if torch.allclose(out, u.mean(0), atol=1e-6):
+                raise ExerciseError("that is the mean; sort each coordinate over the clients (dim 0) "
+                                    "and take the middle value")
+            raise ExerciseError(f"wrong median for {n} clients (first coordinate: got {float(out[0]):.4f}, "
+                                f"expected {float(want[0]):.4f}); the median runs over dim 0 (clients)")
+    _ok("coordinate_median matches the reference (odd and even numbers of clients)")
+
+
+def check_krum(krum: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """Exercise: ``krum(updates, f)`` returns the row with the smallest sum of squared distances
+    to its ``n - f - 2`` nearest other rows."""
+    from .defenses import aggregation
+
+    for n, f in ((7, 2), (10, 3), (5, 0)):
+        u = _updates(10 + n, n)
+        u[-1] += 5.0  # one far-away row
+        out = _expect_tensor("krum", krum(u.clone(), f), u[0])
+        want = aggregation.krum(u, f)
+        if not torch.allclose(out, want, atol=1e-6):
+            picked = [i for i in range(n) if torch.allclose(out, u[i], atol=1e-6)]
+            if not picked:
+                raise ExerciseError("krum should return one of the rows of updates unchanged (Multi-Krum "
+                                    "averages several; plain Krum picks one)")
+            scores = aggregation.krum_scores(u, f)
+            raise ExerciseError(f"for n={n}, f={f} you picked row {picked[0]} (score {float(scores[picked[0]]):.2f}); "
+                                f"the lowest score is row {int(scores.argmin())} ({float(scores.min()):.2f}). "
+                                f"Sum the {n - f - 2} smallest squared distances to the *other* rows "
+                                "(exclude the zero distance to itself)")
+    _ok("krum picks the same client as the reference")
+
+
+def check_sphere_filter(sphere_filter: Callable[..., object]) -> None:
+    """Exercise: ``sphere_filter(x, y, quantile)`` keeps the rows whose distance to their class
+    centroid is at most the ``quantile`` of their class's distances (a boolean numpy mask)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for n, q in ((60, 0.9), (101, 0.5)):
+        y = np.where(rng.random(n) < 0.4, 1.0, -1.0)
+        x = rng.normal(size=(n, 4)) + 2 * y[:, None]
+        out = np.asarray(sphere_filter(x.copy(), y.copy(), q))
+        if out.shape != (n,) or out.dtype != bool:
+            raise ExerciseError(f"sphere_filter should return a boolean mask of shape ({n},); got "
+                                f"{out.dtype} {out.shape}")
+        want = np.zeros(n, dtype=bool)
+        for c in (1, -1):
+            d = np.linalg.norm(x[y == c] - x[y == c].mean(0), axis=1)
+            want[y == c] = d <= np.quantile(d, q)
+        if not np.array_equal(out, want):
+            d_all = np.linalg.norm(x - x.mean(0), axis=1)
+            if np.array_equal(out, d_all <= np.quantile(d_all, q)):
+                raise ExerciseError("use one centroid per class (the mean of that class's rows) and a "
+                                    "threshold per class, not one for the whole data set")
+            raise ExerciseError(f"{int((out != want).sum())} of {n} rows differ from the reference at "
+                                f"quantile={q}: each row is compared with its own class's centroid and the "
+                                "quantile of that class's distances (keep d <= threshold)")
+    _ok("sphere_filter keeps the same rows as the reference")

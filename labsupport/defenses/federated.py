@@ -547,3 +547,14 @@ def run_matrix(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: t
         results[(r, a)] = simulate(x, y, x_test, y_test, rule=r, attack=a, config=cfg, trigger=trigger,
                                    target=target, init=init)
     return FedMatrix(tuple(rules), tuple(attacks), results, warm_acc)
+
+
+def lab_configs(profile: str, seed: int = 0) -> tuple[FedConfig, FedConfig]:
+    """The lab's ``(warmup, attack phase)`` settings for a profile: ``full`` (and ``gpu``: the
+    simulation is CPU-sized) runs 10 clean FedAvg rounds of 10 local steps, then 15 attacked
+    rounds of 5; ``quick`` 3 + 4 rounds on fewer images per client."""
+    check_choice("profile", profile, ("full", "quick", "gpu"))
+    if profile == "quick":
+        return (FedConfig(rounds=3, local_steps=10, per_client=300, eval_size=1000, seed=seed),
+                FedConfig(rounds=4, per_client=300, eval_size=1000, seed=seed + 1))
+    return FedConfig(rounds=10, local_steps=10, seed=seed), FedConfig(seed=seed + 1)
