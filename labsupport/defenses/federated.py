@@ -436,8 +436,9 @@ def simulate(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: tor
                          f"of n_clients={cfg.n_clients}")
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = MLP(in_shape=tuple(x.shape[1:]), num_classes=num_classes)
+    with torch.random.fork_rng():  # a seeded initial model without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        model = MLP(in_shape=tuple(x.shape[1:]), num_classes=num_classes)
     if init is not None:
         if not isinstance(init, MLP) or _shapes(init) != _shapes(model):
             raise TypeError(f"init must be a course MLP with parameter shapes {dict(_shapes(model))}")
@@ -460,9 +461,10 @@ def simulate(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: tor
             updates = local_updates(model, theta, x, y, rows, cfg, gen, poison)
             if attack != "none":
                 updates[:cfg.n_malicious] = _malicious(attack, updates, rule, cfg, gen)
-            if bool(torch.isfinite(updates).all()):
+            finite = bool(torch.isfinite(updates).all())
+            if finite:
                 theta = theta + aggregate(updates, rule, cfg)
-            if not bool(torch.isfinite(updates).all()) or not bool(torch.isfinite(theta).all()):
+            if not finite or not bool(torch.isfinite(theta).all()):
                 result.diverged = len(result.accuracy) + 1  # the weights blew up: keep NaN from here
                 theta = torch.full_like(theta, float("nan"))
         acc, asr = _scores(model, theta, x_test[ev], y_test[ev], x_trig_ev, target)
