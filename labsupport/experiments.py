@@ -127,26 +127,37 @@ HEADER = ["attack", "model", "poisons", "rate", "CA base", "CA", "drop (pts)", "
           "paper"]
 
 
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of strings (the first is the header) as aligned plain-text columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def html_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of strings (the first is the header) as an HTML table, escaped."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 class ReportTable:
     """A list of :class:`AttackReport` shown as text (``print``) or HTML (notebooks)."""
 
     def __init__(self, reports: Sequence[AttackReport]) -> None:
         self.reports = list(reports)
 
+    def rows(self) -> list[list[str]]:
+        return [HEADER] + [r.row() for r in self.reports]
+
     def __str__(self) -> str:
-        rows = [HEADER] + [r.row() for r in self.reports]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
+        return text_table(self.rows())
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r.row()) + "</tr>"
-                       for r in self.reports)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return html_table(self.rows())
 
 
 def evaluate_backdoor(attack: str, model: nn.Module, baseline: nn.Module, data: ImageData,

@@ -33,6 +33,23 @@ def _check_updates(updates: torch.Tensor) -> torch.Tensor:
     return updates
 
 
+def check_beta(name: str, beta: float) -> float:
+    """A trimmed-mean fraction in [0, 0.5) (0.5 would trim every client)."""
+    beta = check_float(name, beta, low=0.0, high=0.5)
+    if beta >= 0.5:
+        raise ValueError(f"{name}={beta} is out of range; allowed: [0, 0.5) (0.5 would trim every client)")
+    return beta
+
+
+def check_krum_f(n: int, f: int) -> int:
+    """Krum's ``f`` for ``n`` clients: each score sums ``n - f - 2 >= 1`` distances."""
+    f = check_int("f", f, low=0)
+    if n - f - 2 < 1:
+        raise ValueError(f"f={f} is too large for n={n} clients; Krum needs n > f + 2 (here f <= {max(n - 3, 0)}), "
+                         "and its guarantee n > 2f + 2")
+    return f
+
+
 def mean(updates: torch.Tensor) -> torch.Tensor:
     """The plain average (FedAvg with equal weights)."""
     return _check_updates(updates).mean(0)
@@ -50,9 +67,7 @@ def trimmed_mean(updates: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
     """Coordinate-wise trimmed mean: drop ``floor(beta * n)`` largest and as many smallest values
     per coordinate, average the rest. ``beta`` in [0, 0.5)."""
     _check_updates(updates)
-    beta = check_float("beta", beta, low=0.0, high=0.5)
-    if beta >= 0.5:
-        raise ValueError(f"beta={beta} is out of range; allowed: [0, 0.5) (0.5 would trim every client)")
+    beta = check_beta("beta", beta)
     k = int(beta * len(updates))
     s = updates.sort(0).values
     return s[k:len(s) - k].mean(0)
@@ -63,10 +78,7 @@ def krum_scores(updates: torch.Tensor, f: int) -> torch.Tensor:
     other clients (lower = more central)."""
     _check_updates(updates)
     n = len(updates)
-    f = check_int("f", f, low=0)
-    if n - f - 2 < 1:
-        raise ValueError(f"f={f} is too large for n={n} clients; Krum needs n > f + 2 (here f <= {max(n - 3, 0)}), "
-                         "and its guarantee n > 2f + 2")
+    f = check_krum_f(n, f)
     u = updates.double()
     sq = u.pow(2).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * (u @ u.t())).clamp_min_(0)  # |a-b|^2 via one Gram matrix

@@ -38,6 +38,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_class, check_float, check_images, check_int, check_labels, check_rate
+from ..experiments import html_table, text_table
 from ..models import MLP
 from . import aggregation
 
@@ -93,8 +94,7 @@ class FedConfig:
         check_float("scale", self.scale, low=0.0)
         check_float("sigma", self.sigma, low=0.0)
         check_rate("poison_frac", self.poison_frac)
-        if not 0 <= self.trim < 0.5:
-            raise ValueError(f"trim={self.trim} is out of range; allowed: [0, 0.5)")
+        aggregation.check_beta("trim", self.trim)
         check_int("krum_m", self.krum_m, low=1, high=self.n_clients)
         check_int("eval_size", self.eval_size, low=1)
         check_int("seed", self.seed, low=0)
@@ -319,9 +319,7 @@ def fang_krum(honest: torch.Tensor, n_malicious: int, f: int, m: int = 1, tol: f
     s = torch.sign(honest.mean(0)).double()
     benign = honest[n_malicious:].double()
     n_b, n = len(benign), len(honest)
-    keep = n - f - 2
-    if keep < 1:
-        raise ValueError(f"f={f} is too large for n={n} clients; Krum needs n > f + 2")
+    keep = n - aggregation.check_krum_f(n, f) - 2
     d_bb = torch.cdist(benign, benign).pow(2)
     d_bb.fill_diagonal_(float("inf"))
     sg, g2, dim = benign @ s, benign.pow(2).sum(1), float(s.abs().sum())
@@ -429,8 +427,8 @@ def simulate(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: tor
     attack = check_choice("attack", attack, ATTACKS)
     num_classes = int(max(int(y.max()), int(y_test.max()))) + 1
     target = check_class("target", target, num_classes)
-    if rule == "krum" or rule == "multi_krum":
-        aggregation.krum_scores(torch.zeros(cfg.n_clients, 1), cfg.n_malicious)  # f vs n, early
+    if rule in ("krum", "multi_krum"):
+        aggregation.check_krum_f(cfg.n_clients, cfg.n_malicious)
     if attack != "none" and cfg.n_malicious == 0:
         raise ValueError(f"attack={attack!r} needs malicious clients; malicious={cfg.malicious} gives none "
                          f"of n_clients={cfg.n_clients}")
@@ -507,19 +505,12 @@ class FedMatrix:
         return out
 
     def __str__(self) -> str:
-        rows = self.rows()
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
+        return text_table(self.rows())
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        rows = self.rows()
-        head = "".join(f"<th>{c}</th>" for c in rows[0])
-        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:])
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return html_table(self.rows())
 
 
 def run_matrix(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_choice, check_float, check_int
+from .._validate import check_choice, check_int
+from . import aggregation
 
 
 def _flwr():
@@ -43,10 +44,7 @@ def strategy(rule: str, *, n_malicious: int = 0, trim: float = 0.2, krum_m: int 
     if rule == "median":
         return FedMedian(**quiet)
     if rule == "trimmed_mean":
-        trim = check_float("trim", trim, low=0.0, high=0.5)
-        if trim >= 0.5:
-            raise ValueError(f"trim={trim} is out of range; allowed: [0, 0.5)")
-        return FedTrimmedAvg(beta=trim, **quiet)
+        return FedTrimmedAvg(beta=aggregation.check_beta("trim", trim), **quiet)
     n_malicious = check_int("n_malicious", n_malicious, low=0)
     # Flower: num_clients_to_keep = 0 is Krum, > 0 is Multi-Krum averaging that many
     keep = 0 if rule == "krum" and krum_m == 1 else check_int("krum_m", krum_m, low=1)

@@ -148,7 +148,7 @@ class SphereSlab:
         of ``v`` and ``-c w``: on the circle in the direction of ``-c w``, with the ``v``
         component clipped to the slab. Returns ``(x, label, loss)`` of the worse label.
         """
-        best = None
+        points = {}
         for c in (1, -1):
             g = -c * w  # gradient of the loss in x
             v = self.direction(c)
@@ -161,12 +161,15 @@ class SphereSlab:
             if abs(alpha) > s:
                 alpha = np.sign(a) * s
                 beta = np.sqrt(max(r * r - alpha * alpha, 0.0))
-            u = alpha * v + (beta * perp / bn if bn > 0 else 0.0)
-            x = self.centroids[c] + u
-            loss = max(0.0, 1.0 - c * (float(w @ x) + b))
-            if best is None or loss > best[2]:
-                best = (x, float(c), loss)
-        return best
+            points[c] = self.centroids[c] + alpha * v + (beta * perp / bn if bn > 0 else 0.0)
+        return _worse_label(points, w, b)
+
+
+def _worse_label(points: dict[int, np.ndarray], w: np.ndarray, b: float) -> tuple[np.ndarray, float, float]:
+    """Of one candidate point per label, the ``(x, label, hinge loss)`` with the higher loss."""
+    losses = {c: max(0.0, 1.0 - c * (float(w @ x) + b)) for c, x in points.items()}
+    c = max(losses, key=losses.get)
+    return points[c], float(c), losses[c]
 
 
 @dataclass
@@ -191,13 +194,7 @@ class Box:
 
     def best_response(self, w: np.ndarray, b: float) -> tuple[np.ndarray, float, float]:
         """The box corner and label of highest hinge loss: ``x_j = high_j`` where ``-c w_j > 0``."""
-        best = None
-        for c in (1, -1):
-            x = np.where(-c * w > 0, self.high, self.low)
-            loss = max(0.0, 1.0 - c * (float(w @ x) + b))
-            if best is None or loss > best[2]:
-                best = (x, float(c), loss)
-        return best
+        return _worse_label({c: np.where(-c * w > 0, self.high, self.low) for c in (1, -1)}, w, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,14 +354,16 @@ def poisoned_svm(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray, d
 # ---------------------------------------------------------------------------------------------
 
 def concentrated_attack(x: np.ndarray, y: np.ndarray, eps: float, *, rho: float,
-                        box: Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        box: Box | None = None, clean: tuple[np.ndarray, float] | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """All ``round(eps * n)`` poisons on one point: the pixel-box corner (and label) of highest
-    hinge loss for the clean model. Stacked points drag their class centroid towards them and
-    fill the quantile a data-dependent filter removes (Koh, Steinhardt, Liang 2018)."""
+    hinge loss for the clean model (``clean = (w, b)``, trained here when ``None``). Stacked
+    points drag their class centroid towards them and fill the quantile a data-dependent filter
+    removes (Koh, Steinhardt, Liang 2018)."""
     x, y = _check_binary(x, y)
     eps = check_eps(eps)
     box = box or Box.fit(x)
-    w, b = train_svm(x, y, rho)
+    w, b = clean if clean is not None else train_svm(x, y, rho)
     px, py, _ = box.best_response(w, b)
     k = round(eps * len(x))
     return np.repeat(px[None], k, 0), np.full(k, py)
@@ -392,10 +391,10 @@ def data_dependent_curve(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_tes
     x, y = _check_binary(x, y)
     x_test, y_test = _check_binary(x_test, y_test)
     box = Box.fit(x)
-    w, b = train_svm(x, y, rho)
-    curve = DataDependentCurve([], [], [], [], float(hinge(w, b, x_test, y_test).mean()))
+    clean = train_svm(x, y, rho)
+    curve = DataDependentCurve([], [], [], [], float(hinge(*clean, x_test, y_test).mean()))
     for eps in tqdm(eps_grid, desc="data-dependent", disable=not progress, leave=False):
-        px, py = concentrated_attack(x, y, eps, rho=rho, box=box)
+        px, py = concentrated_attack(x, y, eps, rho=rho, box=box, clean=clean)
         xa, ya = np.vstack([x, px]), np.concatenate([y, py])
         keep = SphereSlab.fit(xa, ya, quantile).keep(xa, ya)
         w, b = train_svm(xa[keep], ya[keep], rho)
