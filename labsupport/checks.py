@@ -186,3 +186,45 @@ def check_sphere_filter(sphere_filter: Callable[..., object]) -> None:
                                 f"quantile={q}: each row is compared with its own class's centroid and the "
                                 "quantile of that class's distances (keep d <= threshold)")
     _ok("sphere_filter keeps the same rows as the reference")
+
+
+def check_strip_entropy(mean_entropy: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Exercise: ``mean_entropy(probs)`` takes softmax outputs of shape (N, n_blends, K) and
+    returns, per input, the mean over its blends of the Shannon entropy in bits (N,)."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(4, 6, 10, generator=gen).softmax(-1)
+    probs[0] = torch.nn.functional.one_hot(torch.tensor(9), 10).float()  # always "9": entropy 0
+    out = _expect_tensor("mean_entropy", mean_entropy(probs.clone()), probs[:, 0, 0])
+    want = -(probs * torch.log2(probs.clamp_min(1e-12))).sum(-1).mean(1)
+    if not bool(torch.isfinite(out).all()):
+        raise ExerciseError("got NaN: 0 * log(0) must count as 0 (clamp the probabilities before the log)")
+    if not torch.allclose(out, want, atol=1e-4):
+        nats = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean(1)
+        if torch.allclose(out, nats, atol=1e-4):
+            raise ExerciseError("that is the entropy in nats; STRIP reports bits: use log2")
+        of_mean = -(probs.mean(1) * torch.log2(probs.mean(1).clamp_min(1e-12))).sum(-1)
+        if torch.allclose(out, of_mean, atol=1e-4):
+            raise ExerciseError("that is the entropy of the averaged prediction; take the entropy of each "
+                                "blend first, then average over the blends (dim 1)")
+        raise ExerciseError(f"input 1: got {float(out[1]):.4f}, expected {float(want[1]):.4f} bits")
+    _ok("mean_entropy matches STRIP's entropy (bits, averaged over the blends)")
+
+
+def check_anomaly_index(anomaly_index: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Exercise: ``anomaly_index(norms)`` = |norm - median| / (1.4826 * MAD) per label."""
+    from .defenses.neural_cleanse import anomaly_index as ref
+
+    for norms in (torch.tensor([10.0, 50.0, 52.0, 55.0, 60.0, 58.0, 49.0]),
+                  torch.tensor([3.0, 9.0, 8.5, 11.0, 7.0])):
+        out = _expect_tensor("anomaly_index", anomaly_index(norms.clone()), norms)
+        want = ref(norms).float()
+        if not torch.allclose(out.float(), want, atol=1e-4):
+            if torch.allclose(out.float() * 1.4826, want, atol=1e-3) or torch.allclose(out.float() / 1.4826, want, atol=1e-3):
+                raise ExerciseError("off by the factor 1.4826: divide by 1.4826 * MAD (the consistency "
+                                    "constant makes the MAD estimate a normal's standard deviation)")
+            sd = (norms - norms.median()).abs() / norms.std()
+            if torch.allclose(out.float(), sd, atol=1e-3):
+                raise ExerciseError("that divides by the standard deviation; use the median absolute "
+                                    "deviation, which the outlier itself cannot inflate")
+            raise ExerciseError(f"label 0: got {float(out[0]):.3f}, expected {float(want[0]):.3f}")
+    _ok("anomaly_index matches Neural Cleanse's MAD anomaly index")

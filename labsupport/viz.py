@@ -237,3 +237,24 @@ def explore_rounds(matrix):
 
     return w.interactive(show, attack=w.Dropdown(options=list(matrix.attacks), value=matrix.attacks[-1],
                                                  description="attack"))
+
+
+def defense_heatmap(matrix, metric: str = "asr_after") -> plt.Figure:
+    """A heat-map of one metric of a :class:`~labsupport.defenses.matrix.DefenseMatrix`:
+    defenses down, (attack, rate) across, values in %."""
+    cols = matrix.columns
+    rows = matrix.defenses
+    grid = torch.tensor([[100 * matrix.get(d, a, r, metric) if (d, a, r) in matrix.cells else float("nan")
+                          for a, r in cols] for d in rows])
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.45 * len(rows) + 1.2))
+    im = ax.imshow(grid, cmap="RdYlGn_r" if "asr" in metric or metric == "fpr" else "RdYlGn", vmin=0, vmax=100)
+    ax.set_xticks(range(len(cols)), [f"{a}\n{100 * r:g}%" for a, r in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = float(grid[i, j])
+            ax.text(j, i, "—" if v != v else f"{v:.0f}", ha="center", va="center", fontsize=7)
+    ax.set_title(f"{metric} (%)")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
