@@ -34,7 +34,7 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
 
 def check_float(
     name: str, value: Any, *, low: float | None = None, high: float | None = None,
-    low_open: bool = False,
+    low_open: bool = False, high_open: bool = False,
 ) -> float:
     """Return ``value`` as ``float`` if it is a finite real number in the range given."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -44,10 +44,10 @@ def check_float(
     if low is not None:
         bad = bad or value < low or (low_open and value == low)
     if high is not None:
-        bad = bad or value > high
+        bad = bad or value > high or (high_open and value == high)
     if bad:
         lo = "(" if low_open else "["
-        raise ValueError(f"{name}={value} is out of range; allowed: {_range(low, high, lo)}")
+        raise ValueError(f"{name}={value} is out of range; allowed: {_range(low, high, lo, ')' if high_open else ']')}")
     return value
 
 
@@ -125,7 +125,7 @@ def check_class(name: str, value: Any, num_classes: int) -> int:
     return check_int(name, value, low=0, high=num_classes - 1)
 
 
-def _range(low: Any, high: Any, lo: str = "[") -> str:
+def _range(low: Any, high: Any, lo: str = "[", hi: str = "]") -> str:
     left = "-inf" if low is None else str(low)
     right = "inf" if high is None else str(high)
-    return f"{lo}{left}, {right}]"
+    return f"{lo}{left}, {right}{hi}"

@@ -121,10 +121,7 @@ def activations(model: nn.Module, x: torch.Tensor, layer: str = "penultimate", *
 
 def check_open_fraction(name: str, value: float) -> float:
     """A fraction strictly inside (0, 1) (a rate, a quantile, a false-rejection rate)."""
-    value = check_float(name, value, low=0.0, high=1.0, low_open=True)
-    if value >= 1.0:
-        raise ValueError(f"{name}={value} is out of range; allowed: (0, 1)")
-    return value
+    return check_float(name, value, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def check_data(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> None:

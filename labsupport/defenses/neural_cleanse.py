@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .._validate import check_float, check_int, check_labels
+from .._validate import check_float, check_images, check_int
 from ..training import TrainConfig, fit
 from .common import check_data, model_device
 
@@ -82,7 +82,6 @@ def reverse_engineer(model: nn.Module, clean: torch.Tensor, *, num_classes: int 
     One step = ``batches_per_step`` mini-batches of ``batch_size`` clean images; the attack
     success and the L1 term that drive the cost schedule are averaged over a step.
     """
-    from .._validate import check_images
     check_images("clean", clean)
     k = check_int("num_classes", num_classes, low=3)
     check_int("batch_size", batch_size, low=1)
@@ -192,7 +191,6 @@ def unlearn(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, trigger
     """Neural Cleanse's mitigation: a copy of ``model`` fine-tuned on the clean set in which a
     ``fraction`` of the images carry the reversed trigger of ``label`` and keep their true label."""
     check_data(clean, labels)
-    check_labels("labels", labels, n=len(clean))
     fraction = check_float("fraction", fraction, low=0.0, high=1.0, low_open=True)
     flagged = [label] if isinstance(label, int) else list(label)
     if not flagged:

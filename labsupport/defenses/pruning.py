@@ -26,9 +26,7 @@ def prune(model: nn.Module, clean: torch.Tensor, ratio: float) -> nn.Module:
     that are least active on ``clean``."""
     if not isinstance(model, MLP):
         raise TypeError(f"prune supports the course MLP (a last hidden layer of units); got {type(model).__name__}")
-    ratio = check_float("ratio", ratio, low=0.0, high=1.0)
-    if ratio >= 1.0:
-        raise ValueError("ratio=1.0 would prune every unit of the layer; allowed: [0, 1)")
+    ratio = check_float("ratio", ratio, low=0.0, high=1.0, high_open=True)  # 1 would prune every unit
     order = dormant_order(model, clean)
     keep = order[int(round(ratio * len(order))):].sort().values
     dims = [layer.out_features for layer in model.hidden]
