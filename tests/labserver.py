@@ -45,9 +45,10 @@ class Server:
 
 @contextlib.contextmanager
 def running_lab(tmp: Path, *, env: dict[str, str] | None = None, prefix: list[str] = (),
-                startup_timeout: float = 90) -> Iterator[Server]:
-    """Run ``labsupport lab --port P`` (after ``prefix``, e.g. a privilege drop) until the server
-    answers; stop it afterwards."""
+                folder: Path | None = None, startup_timeout: float = 90) -> Iterator[Server]:
+    """Run ``labsupport lab [folder] --port P`` (after ``prefix``, e.g. a privilege drop) until the
+    server answers; stop it afterwards. A test that runs cells passes a ``folder`` of copies:
+    JupyterLab autosaves open notebooks, and outputs must never land in the checkout's labs/."""
     port, token = free_port(), "labsupport-test-token"
     log = tmp / "jupyterlab.log"
     full_env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
@@ -56,7 +57,8 @@ def running_lab(tmp: Path, *, env: dict[str, str] | None = None, prefix: list[st
     full_env.pop("DISPLAY", None)  # a headless machine, like CI and most servers
     full_env.update(env or {})
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*prefix, *labsupport_script(), "lab", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([*prefix, *labsupport_script(), "lab", *([str(folder)] if folder else []),
+                                 "--port", str(port)], cwd=ROOT,
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", token, proc, log)
     try:

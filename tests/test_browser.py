@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from labserver import running_lab
+from labserver import ROOT, running_lab
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -23,7 +23,10 @@ CELLS_TO_RUN = 8
                     "root or with sudo: apt-get install chromium)")
 def test_student_lab_in_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[browser]'")
-    with running_lab(tmp_path, env={"LABSUPPORT_PROFILE": "quick"}) as server, sync_api.sync_playwright() as pw:
+    served = tmp_path / "labs"  # a copy: JupyterLab autosaves, the checkout's labs/ stays clean
+    served.mkdir()
+    shutil.copy(ROOT / "labs" / NOTEBOOK, served / NOTEBOOK)
+    with running_lab(tmp_path, env={"LABSUPPORT_PROFILE": "quick"}, folder=served) as server, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
