@@ -9,7 +9,7 @@ One import gives a lab everything it calls::
     ls.attack_success_rate(model, data.x_test, data.y_test, poisoned.trigger, 9)
 
 Modules, one per topic: ``data``, ``models``, ``training``, ``metrics``, ``triggers``,
-``backdoor``, ``experiments`` (profiles and reports), ``viz``, ``checks`` (exercise feedback),
+``backdoor``, ``poisoning`` (Lab 1 attacks), ``experiments`` (profiles and reports), ``viz``, ``checks`` (exercise feedback),
 ``course`` (student-notebook generation), ``io`` (safetensors, atomic writes), ``cli``.
 """
 
@@ -26,7 +26,8 @@ from .backdoor import (
                        pgd_away,
                        trigger_diversity,
 )
-from .data import DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes
+from . import poisoning
+from .data import DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes, load_randhie
 from .experiments import (
                        PROFILES,
                        AttackReport,
@@ -62,7 +63,7 @@ __all__ = [
     "ResNet18", "SmallCNN", "TabularData", "TrainConfig", "Trigger", "TriggerGenerator", "attack_success_rate",
     "auroc", "badnets", "ban", "build_model", "checkerboard", "clean_accuracy", "clean_label",
     "composite", "configure_threads", "count_sweep", "detection_scores", "evaluate_backdoor", "evaluate_multi_target", "fit",
-    "get_profile", "load_dataset", "load_diabetes", "load_lab_data", "load_model", "multi_target",
+    "get_profile", "load_dataset", "load_diabetes", "load_randhie", "poisoning", "load_lab_data", "load_model", "multi_target",
     "noise_key", "pgd_away", "pick_device", "predict", "predict_proba", "region_grid", "save_model",
     "seed_everything", "sha256_file", "train_and_evaluate", "train_model", "trigger_diversity", "white_square",
 ]

@@ -228,3 +228,79 @@ def check_anomaly_index(anomaly_index: Callable[[torch.Tensor], torch.Tensor]) -
                                     "deviation, which the outlier itself cannot inflate")
             raise ExerciseError(f"label 0: got {float(out[0]):.3f}, expected {float(want[0]):.3f}")
     _ok("anomaly_index matches Neural Cleanse's MAD anomaly index")
+
+
+# --- Lab 1 -----------------------------------------------------------------------------------
+
+def check_random_flip(random_flip: Callable[..., torch.Tensor]) -> None:
+    """Exercise: ``random_flip(y, rate, num_classes, seed)`` returns new labels where exactly
+    ``round(rate * len(y))`` rows carry a different, valid class and every other row is unchanged
+    (``y`` itself untouched)."""
+    gen = torch.Generator().manual_seed(3)
+    for n, classes, rate in ((200, 10, 0.1), (57, 2, 0.3), (1000, 10, 0.0), (40, 5, 1.0)):
+        y = torch.randint(0, classes, (n,), generator=gen)
+        before = y.clone()
+        out = random_flip(y, rate, classes, 0)
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            raise ExerciseError(f"random_flip should return a tensor of shape {tuple(y.shape)}, got "
+                                f"{getattr(out, 'shape', type(out).__name__)}")
+        if not torch.equal(y, before):
+            raise ExerciseError("random_flip changed y in place; work on a copy (y.clone())")
+        changed = int((out != y).sum())
+        want = int(round(rate * n))
+        if changed != want:
+            hint = (" — a flipped label must differ from the original: add a random shift in 1..C-1 "
+                    "modulo C" if changed < want else "")
+            raise ExerciseError(f"n={n}, rate={rate}: {changed} labels changed; expected exactly {want}{hint}")
+        if int(out.min()) < 0 or int(out.max()) >= classes:
+            raise ExerciseError(f"labels must stay in [0, {classes - 1}]; got values in "
+                                f"[{int(out.min())}, {int(out.max())}]")
+    counts = torch.bincount(random_flip(torch.zeros(3000, dtype=torch.long), 1.0, 10, 1), minlength=10)
+    if counts[1:].min() < 200:
+        raise ExerciseError(f"new labels should be spread over all other classes; class counts after "
+                            f"flipping 3000 zeros: {counts.tolist()}")
+    _ok("random_flip changes exactly round(rate*N) labels, each to another valid class")
+
+
+def check_statp(statp_sample: Callable[..., tuple]) -> None:
+    """Exercise: ``statp_sample(x_train, predict, p, rng)`` returns (x_p, y_p): p rows drawn from
+    N(mean, cov + 0.01 I) of ``x_train``, rounded to {0, 1} (clipped), and y_p = round(1 − predict(x_p))
+    clipped to [0, 1]."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(0.4, 0.2, size=(300, 4)) + np.array([0, 0.3, -0.2, 0.1]), 0, 1)
+
+    def predict(z: np.ndarray) -> np.ndarray:
+        return z @ np.array([0.3, -0.2, 0.5, 0.1]) + 0.2
+
+    xp, yp = statp_sample(x, predict, 4000, np.random.default_rng(1))
+    xp, yp = np.asarray(xp), np.asarray(yp)
+    if xp.shape != (4000, 4) or yp.shape != (4000,):
+        raise ExerciseError(f"expected x_p of shape (4000, 4) and y_p of shape (4000,); got {xp.shape}, {yp.shape}")
+    if not np.isin(xp, (0.0, 1.0)).all():
+        raise ExerciseError("x_p must lie on the corners of the box: round the samples and clip them to {0, 1}")
+    if not np.allclose(yp, np.clip(np.round(1 - predict(xp)), 0, 1)):
+        raise ExerciseError("y_p must be round(1 - predict(x_p)), clipped to [0, 1] (the far boundary)")
+    ref = np.clip(np.round(np.random.default_rng(2).multivariate_normal(
+        x.mean(0), np.cov(x, rowvar=False) + 0.01 * np.eye(4), size=20000)), 0, 1).mean(0)
+    if np.abs(xp.mean(0) - ref).max() > 0.04:
+        raise ExerciseError(f"the share of ones per feature {xp.mean(0).round(3).tolist()} is far from "
+                            f"the reference {ref.round(3).tolist()}: sample from N(mean, cov + 0.01 I) of "
+                            f"x_train (np.cov(x, rowvar=False))")
+    _ok("statp_sample draws from the fitted normal, rounds to the corners, and answers at the far boundary")
+
+
+def check_prox_step(prox_step: Callable[..., torch.Tensor]) -> None:
+    """Exercise: ``prox_step(x_hat, base, lr, beta)`` returns argmin_x ‖x − x_hat‖²/(2 lr) + (beta/2)‖x − base‖²
+    = (x_hat + lr·beta·base) / (1 + lr·beta), Poison Frogs' backward step."""
+    gen = torch.Generator().manual_seed(4)
+    for lr, beta in ((0.01, 1.7), (0.5, 0.25), (1.0, 0.0)):
+        x_hat, base = torch.rand(3, 1, 28, 28, generator=gen), torch.rand(3, 1, 28, 28, generator=gen)
+        out = _expect_tensor("prox_step", prox_step(x_hat, base, lr, beta), x_hat)
+        want = (x_hat + lr * beta * base) / (1 + lr * beta)
+        err = float((out - want).abs().max())
+        if err > 1e-5:
+            raise ExerciseError(f"lr={lr}, beta={beta}: max difference {err:.3g} from the reference. Set the "
+                                f"gradient of ‖x − x̂‖²/(2 lr) + (β/2)‖x − b‖² to zero and solve for x")
+    _ok("prox_step is the closed-form backward step (x̂ + λβ b) / (1 + λβ)")

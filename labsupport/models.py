@@ -12,7 +12,21 @@ from torch.nn import functional as F
 
 from ._validate import check_choice, check_int
 
-MODEL_NAMES = ("mlp", "cnn", "resnet18")
+MODEL_NAMES = ("logreg", "mlp", "cnn", "resnet18")
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression: flatten -> one linear layer (Lab 1's convex model)."""
+
+    def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> None:
+        super().__init__()
+        self.head = nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
 
 
 class MLP(nn.Module):
@@ -129,11 +143,13 @@ class ResNet18(nn.Module):
 
 
 def build_model(name: str, in_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
-    """Build a fresh model by name: ``"mlp"``, ``"cnn"`` or ``"resnet18"``."""
+    """Build a fresh model by name: ``"logreg"``, ``"mlp"``, ``"cnn"`` or ``"resnet18"``."""
     check_choice("name", name, MODEL_NAMES)
     if len(in_shape) != 3:
         raise ValueError(f"in_shape must be (C, H, W); got {in_shape}")
     check_int("num_classes", num_classes, low=2)
+    if name == "logreg":
+        return LogReg(in_shape, num_classes)
     if name == "mlp":
         return MLP(in_shape, num_classes)
     if name == "cnn":

@@ -48,7 +48,7 @@ def test_unknown_dataset_name(name):
 
 
 @fast
-@given(st.text(min_size=1, max_size=12).filter(lambda s: s not in ("mlp", "cnn", "resnet18")))
+@given(st.text(min_size=1, max_size=12).filter(lambda s: s not in ("logreg", "mlp", "cnn", "resnet18")))
 def test_unknown_model_name(name):
     with pytest.raises(ValueError, match="name"):
         ls.build_model(name, (1, 28, 28))

@@ -1,0 +1,220 @@
+"""Clean-label feature collision — "Poison Frogs" (Shafahi et al. 2018) — and its limits
+(Schwarzschild et al. 2021, "Just How Toxic is Data Poisoning?").
+
+The attacker wants one *target* test image t classified as the *base* class. A poison x starts at
+a base-class image b and keeps its correct label; it is moved until its features collide with t's
+while its pixels stay close to b::
+
+    x = argmin_x ‖f(x) − f(t)‖² + β‖x − b‖²
+
+solved by forward–backward splitting: a gradient step on the feature term, then the proximal step of
+the pixel term, x ← (x̂ + λβ b) / (1 + λβ), with β = β0 (2048 / dim b)² and β0 = 0.25. Watermarking
+blends the target into the base first (b ← (1 − γ) b + γ t, γ = 0.3). The victim retrains only the
+last layer on frozen features (transfer learning): then a poison sitting on the target's features
+drags the target across the boundary. Trained from scratch, or with the poison held inside a small
+ℓ∞ ball, the attack collapses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validate import check_float, check_int
+from ..data import ImageData
+from ..training import TrainConfig, train_model
+from .gradient_canceling import Linear, fit_logreg
+
+SETUPS_FILE = "frogs_setups.json"
+
+
+@dataclass(frozen=True)
+class TransferTask:
+    """The transfer-learning victim: frozen ``extractor``, a head retrained on (x_train, y_train)
+    of the transfer classes (labels renumbered 0..k−1); targets come from (x_test, y_test)."""
+
+    extractor: nn.Module
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: tuple[str, ...]
+
+
+def transfer_task(data: ImageData, extractor: nn.Module, transfer_classes: tuple[int, ...],
+                  n_train: int = 2000, seed: int = 0) -> TransferTask:
+    """Rows of ``transfer_classes`` (renumbered 0..k−1): ``n_train`` training rows (seeded), all test rows."""
+    lookup = torch.full((data.num_classes,), -1, dtype=torch.long)
+    lookup[list(transfer_classes)] = torch.arange(len(transfer_classes))
+    tr = torch.nonzero(lookup[data.y_train] >= 0).flatten()
+    tr = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed))[:n_train]].sort().values
+    te = torch.nonzero(lookup[data.y_test] >= 0).flatten()
+    return TransferTask(extractor.eval(), data.x_train[tr], lookup[data.y_train[tr]], data.x_test[te],
+                        lookup[data.y_test[te]], tuple(data.classes[c] for c in transfer_classes))
+
+
+def features(extractor: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return extractor.features(x).double()
+
+
+HEAD_L2 = 1e-4
+
+
+def fit_head(task: TransferTask) -> Linear:
+    """Train the last layer (logistic regression on frozen features) on the clean transfer set."""
+    return fit_logreg(features(task.extractor, task.x_train), task.y_train, len(task.classes), l2=HEAD_L2)
+
+
+def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tensor, *, steps: int = 500,
+                  lr: float = 0.003, beta0: float = 0.25, watermark: float = 0.0, eps: float | None = None,
+                  progress: bool = False) -> torch.Tensor:
+    """One poison per (target, base) row pair, all crafted at once.
+
+    Args:
+        targets, bases: images (P, C, H, W); poison i collides with target i starting from base i.
+        steps, lr: forward–backward iterations and the step size λ of the forward step.
+        beta0: the pixel-closeness weight before the (2048 / dim b)² scaling.
+        watermark: opacity γ of the target blended into the base (0 = none; the paper: 0.2–0.3).
+        eps: if set, an ℓ∞ budget around the base replaces the proximal step (projection).
+    """
+    check_int("steps", steps, low=1)
+    check_float("lr", lr, low=0.0, low_open=True)
+    gamma = check_float("watermark", watermark, low=0.0, high=1.0, high_open=True)
+    if eps is not None:
+        check_float("eps", eps, low=0.0, high=1.0, low_open=True)
+    base = ((1 - gamma) * bases + gamma * targets).clamp(0, 1)
+    beta = beta0 * (2048 / base[0].numel()) ** 2
+    with torch.no_grad():
+        goal = extractor.features(targets)
+    x = base.clone()
+    for _ in tqdm(range(steps), desc="feature collision", disable=not progress):
+        x.requires_grad_(True)
+        loss = ((extractor.features(x) - goal) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            x = x - lr * grad
+            if eps is None:
+                x = (x + lr * beta * base) / (1 + lr * beta)
+            else:
+                x = torch.minimum(torch.maximum(x, bases - eps), bases + eps)
+            x = x.clamp(0, 1)
+    return x.detach()
+
+
+def make_setups(task: TransferTask, n: int = 50, seed: int = 0) -> list[dict[str, int]]:
+    """Draw ``n`` (target test row, base class) pairs (seeded): targets the clean head classifies
+    correctly, base classes different from the target's."""
+    rng = np.random.default_rng(seed)
+    k = len(task.classes)
+    correct = fit_head(task).logits(features(task.extractor, task.x_test)).argmax(1) == task.y_test
+    out = []
+    for t in rng.choice(torch.nonzero(correct).flatten().numpy(), size=n, replace=False):
+        tc = int(task.y_test[t])
+        bc = int(rng.choice([c for c in range(k) if c != tc]))
+        out.append({"target": int(t), "target_class": tc, "base_class": bc})
+    return out
+
+
+PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
+TRANSFER_CLASSES = (5, 6, 7, 8, 9)
+N_TRANSFER = 500
+
+
+def course_task(data: ImageData, config: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=2e-3),
+                *, progress: bool = False) -> TransferTask:
+    """The course setting: the course MLP trained on Fashion-MNIST classes 0–4 (T-shirt … Coat),
+    frozen; its head retrained on 500 images of classes 5–9 (Sandal … Ankle boot)."""
+    if data.name != "fashion-mnist" or len(data.y_test) != 10_000:
+        raise ValueError(f"the saved setups index the full Fashion-MNIST test split; got {data!r}")
+    pre = torch.isin(data.y_train, torch.tensor(PRETRAIN_CLASSES))
+    extractor = train_model("mlp", data.x_train[pre], data.y_train[pre], config, progress=progress,
+                            desc="feature extractor (classes 0-4)")
+    return transfer_task(data, extractor, TRANSFER_CLASSES, n_train=N_TRANSFER)
+
+
+def load_setups(task: TransferTask | None = None) -> list[dict[str, int]]:
+    """The course's fixed list of 50 (target test row, base class) setups, saved with the package
+    (made once by ``make_setups(course_task(data), 50, seed=0)``); checked against ``task``."""
+    setups = json.loads(resources.files(__package__).joinpath(SETUPS_FILE).read_text())["setups"]
+    if task is not None:
+        for s in setups:
+            if int(task.y_test[s["target"]]) != s["target_class"]:
+                raise ValueError(f"saved setup {s} does not match this task's test labels; "
+                                 "the setups belong to course_task(load_dataset('fashion-mnist'))")
+    return setups
+
+
+@dataclass
+class FrogsResult:
+    """Per-setup outcome: did the target flip to the base class, and the poisoned head's accuracy."""
+
+    name: str
+    success: np.ndarray
+    accuracy: np.ndarray
+    clean_accuracy: float
+
+    @property
+    def rate(self) -> float:
+        return float(self.success.mean())
+
+    @property
+    def error_bar(self) -> float:
+        """Binomial standard error √(p(1 − p)/n)."""
+        p = self.rate
+        return float(np.sqrt(p * (1 - p) / len(self.success)))
+
+    @property
+    def ca_drop(self) -> float:
+        return float(100 * (self.clean_accuracy - self.accuracy.mean()))
+
+    def __str__(self) -> str:
+        return (f"{self.name}: success {100 * self.rate:.0f}% ± {100 * self.error_bar:.0f} "
+                f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points")
+
+
+def _bases(task: TransferTask, setups: list[dict[str, int]], per_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each setup, ``per_target`` base images of its base class drawn from the transfer training
+    set's class (seeded); returns (P*per_target,) target rows and base rows."""
+    rng = np.random.default_rng(seed)
+    t_rows, b_rows = [], []
+    for s in setups:
+        pool = torch.nonzero(task.y_train == s["base_class"]).flatten().numpy()
+        for b in rng.choice(pool, size=per_target, replace=False):
+            t_rows.append(s["target"])
+            b_rows.append(int(b))
+    return torch.tensor(t_rows), torch.tensor(b_rows)
+
+
+def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target: int = 5, watermark: float = 0.3,
+                 eps: float | None = None, steps: int = 500, lr: float = 0.003, seed: int = 0,
+                 name: str | None = None, progress: bool = True) -> FrogsResult:
+    """Craft ``per_target`` poisons per setup (bases from the transfer training set, which they
+    replace so the set's size is unchanged), retrain the head per setup, and score it."""
+    check_int("per_target", per_target, low=1)
+    t_rows, b_rows = _bases(task, setups, per_target, seed)
+    poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
+                            watermark=watermark, eps=eps, progress=progress)
+    clean_head = fit_head(task)
+    ftest = features(task.extractor, task.x_test)
+    ftrain = features(task.extractor, task.x_train)
+    clean_acc = clean_head.accuracy(ftest, task.y_test)
+    success, acc = np.zeros(len(setups), dtype=bool), np.zeros(len(setups))
+    for i, s in enumerate(tqdm(setups, desc="retrain heads", disable=not progress)):
+        rows = b_rows[i * per_target:(i + 1) * per_target]
+        keep = torch.ones(len(task.y_train), dtype=torch.bool)
+        keep[rows] = False
+        head = fit_logreg(torch.cat([ftrain[keep], features(task.extractor, poisons[i * per_target:(i + 1) * per_target])]),
+                          torch.cat([task.y_train[keep], task.y_train[rows]]), len(task.classes), l2=HEAD_L2,
+                          init=clean_head)
+        success[i] = int(head.logits(ftest[s["target"]][None]).argmax()) == s["base_class"]
+        acc[i] = head.accuracy(ftest, task.y_test)
+    label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
+                     + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else ""))
+    return FrogsResult(label, success, acc, clean_acc)

@@ -1,0 +1,199 @@
+"""Model-targeted poisoning by gradient canceling (Lu, Kamath, Yu 2023) on logistic regression.
+
+The attacker picks a bad *target* model w_t and adds εn points D_p so that w_t becomes a stationary
+point of the training loss on D_c ∪ D_p — for a convex learner then *the* minimiser::
+
+    min_{D_p ⊂ [0,1]^d}  ‖ ∇L(w_t; D_c) + ∇L(w_t; D_p) ‖²      (sums over the points)
+
+The target comes from parameter corruption (GradPC): normalised gradient *ascent* on the clean
+training loss inside an ℓ2 ball around the clean model. Reachability: with fewer poisons than
+τ = ⟨∇_w L(w_t; D_c), w_t⟩ / W(1/e) (mean gradient, W the Lambert function, W(1/e) ≈ 0.2785; for C
+softmax classes W((C−1)/e)) the target cannot be a stationary point — no attack at ε < τ produces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .._validate import check_float, check_int
+from .common import Poisoned
+
+LAMBERT_W_1_OVER_E = 0.27846454276107380  # W(1/e): the solution of w·e^w = 1/e
+
+
+def lambert_w(z: float) -> float:
+    """The principal branch of the Lambert function (w·e^w = z, z ≥ 0) by Newton's method."""
+    w = np.log1p(z)
+    for _ in range(50):
+        w -= (w * np.exp(w) - z) / (np.exp(w) * (w + 1))
+    return float(w)
+
+
+def poison_capacity(num_classes: int) -> float:
+    """The most one poison can subtract from ⟨∇L, w⟩: max_z (z_y − E_softmax(z)[z]) = W((C − 1)/e)
+    (attained at z_y = 1 + W((C−1)/e), other logits equal); W(1/e) ≈ 0.2785 for two classes."""
+    return lambert_w((num_classes - 1) / np.e)
+
+
+@dataclass
+class Linear:
+    """Multinomial logistic regression parameters: logits = x @ W.T + b."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W.T + self.b
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.logits(x).argmax(1) == y).float().mean())
+
+    def vector(self) -> torch.Tensor:
+        return torch.cat([self.W.flatten(), self.b])
+
+
+def loss_sum_grad(model: Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_i ∇_(W, b) CE(x_i, y_i) in closed form: ((softmax − onehot)ᵀ x, Σ (softmax − onehot))."""
+    r = model.logits(x).softmax(1) - F.one_hot(y, model.W.shape[0]).to(x.dtype)
+    return r.T @ x, r.sum(0)
+
+
+L2 = 1e-3  # the victim's weight decay: min mean CE + (L2/2)‖W‖²
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, l2: float = L2,
+               max_iter: int = 500, init: Linear | None = None) -> Linear:
+    """Minimise the mean cross-entropy + (l2/2)‖W‖² with L-BFGS (convex: the result is the minimiser,
+    whatever the start; ``init`` only makes a nearby start converge faster)."""
+    W = (torch.zeros(num_classes, x.shape[1], dtype=x.dtype) if init is None else init.W.clone()).requires_grad_(True)
+    b = (torch.zeros(num_classes, dtype=x.dtype) if init is None else init.b.clone()).requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ W.T + b, y) + 0.5 * l2 * (W * W).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return Linear(W.detach(), b.detach())
+
+
+def gradpc_target(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, radius: float = 0.5,
+                  warmup: int = 10, steps: int = 50) -> Linear:
+    """GradPC: a briefly trained model (``warmup`` L-BFGS iterations, standing in for one epoch),
+    then ``steps`` normalised gradient-ascent steps of length radius/steps on the training loss
+    (the target stays within ``radius`` of the warm start, with small weights, so it is reachable)."""
+    check_float("radius", radius, low=0.0, low_open=True)
+    start = fit_logreg(x, y, num_classes, max_iter=check_int("warmup", warmup, low=1))
+    W, b = start.W.clone(), start.b.clone()
+    for _ in range(check_int("steps", steps, low=1)):
+        gW, gb = loss_sum_grad(Linear(W, b), x, y)
+        norm = torch.sqrt((gW * gW).sum() + (gb * gb).sum())
+        W, b = W + radius / steps * gW / norm, b + radius / steps * gb / norm
+    return Linear(W, b)
+
+
+def reachability_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    """τ = max(⟨∇L(w_t; D_c), w_t⟩ / W((C−1)/e), 0) with the mean gradient over the clean set: the
+    binary formula W(1/e) of Lu et al. generalised to C classes (:func:`poison_capacity`)."""
+    gW, gb = loss_sum_grad(target, x, y)
+    gW = gW + len(y) * L2 * target.W
+    inner = float((gW * target.W).sum() + (gb * target.b).sum()) / len(y)
+    return max(inner / poison_capacity(target.W.shape[0]), 0.0)
+
+
+def gradient_canceling(x: torch.Tensor, y: torch.Tensor, target: Linear, epsilon: float, *, steps: int = 300,
+                       lr: float = 0.05, seed: int = 0, progress: bool = False) -> Poisoned:
+    """Craft ⌈εn⌉ poisons (features in [0, 1], labels kept from the training rows they start at)
+    whose summed loss gradient at ``target`` cancels the clean one; Adam on the features."""
+    check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
+    n = len(y)
+    k = max(1, int(round(epsilon * n)))
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(n, generator=gen)[:k] if k <= n else torch.randint(0, n, (k,), generator=gen)
+    gW_c, gb_c = loss_sum_grad(target, x, y)
+    gW_c = gW_c + (n + k) * L2 * target.W  # the weight decay's share of the stationarity condition
+    # A poison labelled j subtracts (1 − p_j)·x from row j of the gradient: give the labels to the
+    # rows with the most positive mass to cancel, in proportion to it.
+    need = gW_c.clamp(min=0).sum(1).double()
+    labels = torch.multinomial(need / need.sum(), k, replacement=True, generator=gen).sort().values
+    pools = [torch.nonzero(y == c).flatten() for c in range(len(need))]
+    rows = torch.stack([pools[c][torch.randint(len(pools[c]), (1,), generator=gen)][0] for c in labels.tolist()])
+    xp = x[rows].clone().requires_grad_(True)
+    yp = labels.to(y.dtype)
+    opt = torch.optim.Adam([xp], lr=lr)
+    history = []
+    for _ in tqdm(range(check_int("steps", steps, low=1)), desc=f"gradient canceling ε={epsilon}",
+                  disable=not progress):
+        gW, gb = loss_sum_grad(target, xp, yp)
+        obj = (((gW_c + gW) ** 2).sum() + ((gb_c + gb) ** 2).sum()) / n ** 2
+        opt.zero_grad()
+        obj.backward()
+        opt.step()
+        with torch.no_grad():
+            xp.clamp_(0.0, 1.0)
+        history.append(float(obj.detach()))
+    xs = torch.cat([x, xp.detach()])
+    ys = torch.cat([y, yp])
+    mask = torch.zeros(len(ys), dtype=torch.bool)
+    mask[n:] = True
+    return Poisoned(xs, ys, mask, f"gradient canceling ε={epsilon}", {"objective": history, "rows": rows})
+
+
+def flip_copies(x: torch.Tensor, y: torch.Tensor, clean: Linear, epsilon: float, seed: int = 0) -> Poisoned:
+    """Label flipping at the same budget: ⌈εn⌉ copies of the training rows the clean model is most
+    sure about, labelled with its runner-up class (the strongest flips of the label-flip section)."""
+    check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
+    n = len(y)
+    k = max(1, int(round(epsilon * n)))
+    p = clean.logits(x).softmax(1)
+    p_true = p.gather(1, y[:, None]).squeeze(1)
+    masked = p.scatter(1, y[:, None], -1.0)
+    runner = masked.argmax(1)
+    rows = torch.argsort(p_true - masked.max(1).values, descending=True)[:k]
+    xs, ys = torch.cat([x, x[rows]]), torch.cat([y, runner[rows]])
+    mask = torch.zeros(len(ys), dtype=torch.bool)
+    mask[n:] = True
+    return Poisoned(xs, ys, mask, f"label flip copies ε={epsilon}")
+
+
+@dataclass
+class CancelingResult:
+    """Accuracies (%) of the clean model, the target and the retrained victims per ε."""
+
+    clean: float
+    target: float
+    tau: float
+    epsilons: tuple[float, ...]
+    canceling: list[float]
+    flipping: list[float]
+
+    def drops(self) -> dict[str, list[float]]:
+        return {"gradient canceling": [self.clean - a for a in self.canceling],
+                "label flipping": [self.clean - a for a in self.flipping]}
+
+
+def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                         epsilons: Sequence[float] = (0.03, 0.1, 1.0), *, radius: float = 0.5, warmup: int = 10,
+                         steps: int = 300, seed: int = 0, progress: bool = True) -> CancelingResult:
+    """Clean model → GradPC target → per ε: gradient-canceling poisons and label-flip copies, each
+    retrained from scratch (L-BFGS) and tested. Inputs are flattened images (N, d) in [0, 1]."""
+    num_classes = int(y_train.max()) + 1
+    clean = fit_logreg(x_train, y_train, num_classes)
+    target = gradpc_target(x_train, y_train, num_classes, radius=radius, warmup=warmup)
+    res = CancelingResult(100 * clean.accuracy(x_test, y_test), 100 * target.accuracy(x_test, y_test),
+                          reachability_threshold(target, x_train, y_train), tuple(epsilons), [], [])
+    for eps in tqdm(epsilons, desc="gradient canceling", disable=not progress):
+        gc = gradient_canceling(x_train, y_train, target, eps, steps=steps, seed=seed)
+        res.canceling.append(100 * fit_logreg(gc.x, gc.y, num_classes, init=clean).accuracy(x_test, y_test))
+        lf = flip_copies(x_train, y_train, clean, eps, seed)
+        res.flipping.append(100 * fit_logreg(lf.x, lf.y, num_classes, init=clean).accuracy(x_test, y_test))
+    return res

@@ -1,0 +1,265 @@
+"""Lab 1 attacks: unit tests (gradients against finite differences), bad input, seeded efficacy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import labsupport as ls
+from labsupport import checks
+from labsupport.poisoning import feature_collision as FC
+from labsupport.poisoning import gradient_canceling as GC
+from labsupport.poisoning import regression as R
+from labsupport.poisoning import svm as S
+from labsupport.poisoning.label_flip import flip_labels
+
+
+# --- label flipping ----------------------------------------------------------------------------
+
+def test_flip_modes_change_exactly_the_requested_rows():
+    y = torch.arange(1000) % 10
+    for mode, kw in (("random", {}), ("targeted", {"source": 0, "target": 6})):
+        out = flip_labels(y, 0.05, mode=mode, **kw)
+        assert out.count == 50 and int((out.y != y).sum()) == 50 and torch.equal(out.mask, out.y != y)
+    t = flip_labels(y, 0.05, mode="targeted", source=0, target=6)
+    assert (y[t.mask] == 0).all() and (t.y[t.mask] == 6).all()
+    probs = torch.softmax(torch.randn(1000, 10, generator=torch.Generator().manual_seed(0)), 1)
+    b = flip_labels(y, 0.1, mode="boundary", probs=probs)
+    c = flip_labels(y, 0.1, mode="confident", probs=probs)
+    p_true = probs[torch.arange(1000), y]
+    assert p_true[c.mask].min() >= p_true[b.mask].max() - 1e-6 or p_true[c.mask].mean() > p_true[b.mask].mean()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rate": 1.5}, "rate"), ({"rate": float("nan")}, "rate"), ({"rate": 0.1, "mode": "worst"}, "mode"),
+    ({"rate": 0.2, "mode": "targeted", "source": 0, "target": 6}, "only 100 rows"),
+    ({"rate": 0.1, "mode": "targeted", "source": 0, "target": 10}, "target"),
+    ({"rate": 0.1, "mode": "boundary"}, "probs"),
+])
+def test_flip_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        flip_labels(torch.arange(1000) % 10, **kwargs)
+
+
+def test_random_flip_exercise_accepts_the_reference():
+    checks.check_random_flip(lambda y, rate, c, seed: flip_labels(y, rate, num_classes=c, seed=seed).y)
+    with pytest.raises(checks.ExerciseError):
+        checks.check_random_flip(lambda y, rate, c, seed: y.clone())
+
+
+@pytest.mark.slow
+def test_chosen_flips_hurt_more_than_random_ones():
+    data = ls.load_dataset("fashion-mnist").subset(5000, 2000, seed=0)
+    curve = ls.poisoning.flip_curve(data, models=("mlp",), modes=("random", "confident"), rates=(0.03, 0.1),
+                                    seeds=(0,), progress=False)
+    assert curve.drop("mlp", "random", 0.03) < 1.5          # random flips barely hurt the MLP (Lu et al.: 0.05)
+    assert curve.drop("mlp", "confident", 0.1) > curve.drop("mlp", "random", 0.1) + 2.0
+
+
+# --- SVM -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_pair():
+    return S.pair_task(ls.load_dataset("digits"), 7, 1, n_train=100, n_val=130, n_test=None)
+
+
+def test_svm_gradient_matches_finite_differences(digits_pair):
+    t = digits_pair
+    start = S.svm_attack(t, 1, steps=0, progress=False)
+    u, label = start.points[0], start.labels[0]
+    x, y = np.vstack([t.x_train, u]), np.append(t.y_train, label)
+    svm = S.fit_svm(x, y)
+    g = S.attack_gradient(svm, x, y, len(y) - 1, t.x_val, t.y_val)
+    assert np.linalg.norm(g) > 0
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        d = rng.normal(size=u.size)
+        d /= np.linalg.norm(d)
+        h = 1e-4
+        fd = (S.validation_loss_at(t, u + h * d, label) - S.validation_loss_at(t, u - h * d, label)) / (2 * h)
+        assert fd == pytest.approx(g @ d, rel=0.1, abs=2e-4)
+
+
+def test_svm_gradient_needs_a_linear_svm(digits_pair):
+    from sklearn.svm import SVC
+    t = digits_pair
+    rbf = SVC(kernel="rbf").fit(t.x_train, t.y_train)
+    with pytest.raises(ValueError, match="linear"):
+        S.attack_gradient(rbf, t.x_train, t.y_train, 0, t.x_val, t.y_val)
+
+
+def test_pair_task_bad_input():
+    data = ls.load_dataset("digits")
+    with pytest.raises(ValueError, match="b=10"):
+        S.pair_task(data, 7, 10)
+    with pytest.raises(ValueError, match="different"):
+        S.pair_task(data, 7, 7)
+    with pytest.raises(ValueError, match="n_train \\+ n_val"):
+        S.pair_task(data, 7, 1, n_train=100, n_val=500)
+
+
+@pytest.mark.slow
+def test_one_svm_attack_point_triples_the_error():
+    t = S.pair_task(ls.load_dataset("fashion-mnist"), 1, 6)     # Trouser vs Shirt
+    run = S.svm_attack(t, 1, steps=100, step_size=0.5, seed=0, progress=False)
+    assert run.errors[1] >= 3 * run.errors[0] and run.errors[1] >= 0.10
+    assert run.val_loss[-1] > run.val_loss[0]
+    _, err = S.contamination_curve(t, (0.0, 0.04, 0.08), steps=60, step_size=0.5, progress=False)
+    assert err[0, 0] < err[1, 0] < err[2, 0]
+
+
+# --- regression ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def randhie():
+    return R.regression_task(ls.load_randhie(), 300, 250, 500, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "lasso"])
+def test_regression_gradient_matches_finite_differences(randhie, kind):
+    t = randhie
+    a = R.optp(t, 0.1, iterations=0)
+    x, y = a.poisoned.x, a.poisoned.y
+    poison = np.flatnonzero(a.poisoned.mask)[:2]
+    model = R.fit_linear(x, y, kind)
+    gx, gy = R.poison_gradient(model, x, y, poison, t.x_val, t.y_val)
+    h = 1e-6
+    for j in range(3):
+        xp, xm = x.copy(), x.copy()
+        xp[poison[0], j] += h
+        xm[poison[0], j] -= h
+        fd = (R.fit_linear(xp, y, kind).mse(t.x_val, t.y_val) - R.fit_linear(xm, y, kind).mse(t.x_val, t.y_val)) / (2 * h)
+        assert fd == pytest.approx(gx[0, j], rel=1e-3, abs=1e-7)
+    yp, ym = y.copy(), y.copy()
+    yp[poison[1]] += h
+    ym[poison[1]] -= h
+    fd = (R.fit_linear(x, yp, kind).mse(t.x_val, t.y_val) - R.fit_linear(x, ym, kind).mse(t.x_val, t.y_val)) / (2 * h)
+    assert fd == pytest.approx(gy[1], rel=1e-3, abs=1e-7)
+
+
+def test_ridge_matches_scikit_learn(randhie):
+    from sklearn.linear_model import Ridge
+    m = R.fit_linear(randhie.x_train, randhie.y_train, "ridge", 0.1)
+    sk = Ridge(alpha=0.1 * len(randhie.y_train)).fit(randhie.x_train, randhie.y_train)
+    assert np.allclose(m.w, sk.coef_, atol=1e-10) and m.b == pytest.approx(sk.intercept_)
+
+
+def test_optp_statp_and_trim_on_randhie(randhie):
+    t = randhie
+    clean = R.fit_linear(t.x_train, t.y_train).mse(t.x_test, t.y_test)
+    opt = R.optp(t, 0.2, iterations=50)
+    stat = R.statp(t, 0.2)
+    m_opt, m_stat = opt.model.mse(t.x_test, t.y_test), stat.model.mse(t.x_test, t.y_test)
+    assert m_opt >= 5 * clean                          # the issue's target: OptP ≥ 5× clean at 20 %
+    assert clean < m_stat < m_opt
+    assert opt.poisoned.count == 75 and opt.poisoned.x.min() >= 0 and opt.poisoned.x.max() <= 1
+    robust = R.robust_mse(opt.poisoned.x, opt.poisoned.y, t.x_test, t.y_test, len(t.y_train))
+    assert robust["TRIM"] <= 1.5 * clean
+    assert max(robust["Huber"], robust["RANSAC"]) > 1.5 * clean
+
+
+def test_trim_starts_from_all_points_not_the_first_n(randhie):
+    t = randhie
+    opt = R.optp(t, 0.2, iterations=20)
+    x, y = opt.poisoned.x[::-1].copy(), opt.poisoned.y[::-1].copy()   # poisons first
+    _, keep = R.trim(x, y, len(t.y_train))
+    assert keep[:75].mean() < 0.5                     # most poisons dropped although they come first
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda t: R.optp(t, 1.0), "rate"),
+    (lambda t: R.optp(t, -0.1), "rate"),
+    (lambda t: R.optp(t, 0.1, kind="ols"), "kind"),
+    (lambda t: R.trim(t.x_train, t.y_train[:-1], 200), "y must have shape"),
+    (lambda t: R.trim(np.where(t.x_train > 0.5, np.nan, t.x_train), t.y_train, 200), "NaN"),
+    (lambda t: R.trim(t.x_train, t.y_train, 5000), "n=5000"),
+])
+def test_regression_bad_input(randhie, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(randhie)
+
+
+def test_statp_exercise_accepts_the_reference():
+    def statp_sample(x, predict, p, rng):
+        cov = np.cov(x, rowvar=False) + 0.01 * np.eye(x.shape[1])
+        xp = np.clip(np.round(rng.multivariate_normal(x.mean(0), cov, size=p)), 0, 1)
+        return xp, np.clip(np.round(1 - predict(xp)), 0, 1)
+    checks.check_statp(statp_sample)
+    with pytest.raises(checks.ExerciseError, match="corners"):
+        checks.check_statp(lambda x, predict, p, rng: (rng.random((p, x.shape[1])), np.zeros(p)))
+
+
+def test_randhie_is_scaled_to_the_unit_box():
+    d = ls.load_randhie()
+    assert d.x.shape == (20190, 9) and d.x.min() == 0 and d.x.max() == 1 and d.y.min() == 0 and d.y.max() == 1
+
+
+# --- gradient canceling ------------------------------------------------------------------------------
+
+def test_lambert_constant_and_closed_form_gradient():
+    assert GC.poison_capacity(2) == pytest.approx(GC.LAMBERT_W_1_OVER_E, abs=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (20,), generator=gen)
+    W = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.cross_entropy(x @ W.T + b, y, reduction="sum").backward()
+    gW, gb = GC.loss_sum_grad(GC.Linear(W.detach(), b.detach()), x, y)
+    assert torch.allclose(gW, W.grad) and torch.allclose(gb, b.grad)
+
+
+def test_canceled_target_is_what_the_victim_learns():
+    """At ε above the reachability threshold, retraining on clean + poisons lands near the target."""
+    data = ls.load_dataset("digits")
+    x, y = data.x_train.flatten(1).double(), data.y_train
+    target = GC.gradpc_target(x, y, radius=0.1, warmup=5)
+    tau = GC.reachability_threshold(target, x, y)
+    assert tau < 1.0
+    poisoned = GC.gradient_canceling(x, y, target, 1.0, steps=400, lr=0.05)
+    assert poisoned.info["objective"][-1] < 0.05 * poisoned.info["objective"][0]
+    learned = GC.fit_logreg(poisoned.x, poisoned.y, 10)
+    xt, yt = data.x_test.flatten(1).double(), data.y_test
+    clean = GC.fit_logreg(x, y, 10)
+    assert abs(learned.accuracy(xt, yt) - target.accuracy(xt, yt)) < abs(clean.accuracy(xt, yt) - target.accuracy(xt, yt))
+
+
+def test_gradient_canceling_bad_input():
+    x, y = torch.rand(10, 4, dtype=torch.float64), torch.arange(10) % 2
+    t = GC.Linear(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    for eps in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="epsilon"):
+            GC.gradient_canceling(x, y, t, eps)
+
+
+# --- feature collision -----------------------------------------------------------------------------------
+
+def test_prox_exercise_and_collision_moves_features():
+    checks.check_prox_step(lambda x_hat, base, lr, beta: (x_hat + lr * beta * base) / (1 + lr * beta))
+    with pytest.raises(checks.ExerciseError):
+        checks.check_prox_step(lambda x_hat, base, lr, beta: x_hat)
+    torch.manual_seed(0)
+    net = ls.MLP((1, 28, 28), 10)
+    gen = torch.Generator().manual_seed(1)
+    targets, bases = torch.rand(4, 1, 28, 28, generator=gen), torch.rand(4, 1, 28, 28, generator=gen)
+    # an untrained net has weak feature gradients: a small pixel weight lets the forward step show
+    poisons = FC.craft_poisons(net, targets, bases, lr=0.1, beta0=1e-3, watermark=0.0)
+    with torch.no_grad():
+        before = (net.features(bases) - net.features(targets)).norm(dim=1)
+        after = (net.features(poisons) - net.features(targets)).norm(dim=1)
+    assert (after < 0.5 * before).all() and poisons.min() >= 0 and poisons.max() <= 1
+    boxed = FC.craft_poisons(net, targets, bases, steps=50, lr=0.01, eps=0.05)
+    assert (boxed - bases).abs().max() <= 0.05 + 1e-6
+    with pytest.raises(ValueError, match="watermark"):
+        FC.craft_poisons(net, targets, bases, watermark=1.0)
+
+
+@pytest.mark.slow
+def test_poison_frogs_on_the_saved_setups():
+    task = FC.course_task(ls.load_dataset("fashion-mnist"))
+    setups = FC.load_setups(task)
+    assert len(setups) == 50
+    result = FC.poison_frogs(task, setups, progress=False)
+    boxed = FC.poison_frogs(task, setups, eps=16 / 255, progress=False)
+    # measured 18 % ± 5 (the standardised benchmark's transfer figure is 22 %); the issue's 70 % is not met
+    assert result.rate >= 0.12 and result.ca_drop <= 0.5
+    assert boxed.rate < result.rate
