@@ -79,13 +79,19 @@ def plot_sweep(reports: Sequence[AttackReport], *, title: str = "How many poison
 
 
 def plot_curve(xs: Sequence[float], series: dict[str, Sequence[float]], *, xlabel: str,
-               ylabel: str = "%", title: str = "") -> plt.Figure:
-    """A small line plot of several named series against ``xs`` (e.g. ASR vs test alpha)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+               ylabel: str = "%", title: str = "", bands: dict[str, Sequence[float]] | None = None,
+               ax: plt.Axes | None = None) -> plt.Figure:
+    """A small line plot of several named series against ``xs`` (e.g. ASR vs test alpha);
+    ``bands[name]`` (± half-widths, e.g. a standard deviation over seeds) shades a band."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4)) if ax is None else (ax.figure, ax)
     for name, ys in series.items():
         if len(ys) != len(xs):
             raise ValueError(f"series {name!r} has {len(ys)} points for {len(xs)} x values")
-        ax.plot(xs, ys, "o-", label=name)
+        line, = ax.plot(xs, ys, "o-", label=name)
+        if bands and name in bands:
+            lo = [y - b for y, b in zip(ys, bands[name])]
+            hi = [y + b for y, b in zip(ys, bands[name])]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -258,3 +264,49 @@ def defense_heatmap(matrix, metric: str = "asr_after") -> plt.Figure:
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     return fig
+
+
+def flip_curves(curve) -> plt.Figure:
+    """One panel per model: test accuracy vs fraction flipped per mode, mean ± std over seeds,
+    the clean accuracy at rate 0 (a :class:`labsupport.poisoning.FlipCurve`)."""
+    models = list(curve.acc)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.3), squeeze=False)
+    xs = [0.0, *curve.rates]
+    for ax, m in zip(axes[0], models):
+        series, bands = {}, {}
+        for mode in curve.acc[m]:
+            mean, std = curve.mean_std(m, mode)
+            series[mode] = [float(curve.clean[m].mean()), *mean.tolist()]
+            bands[mode] = [float(curve.clean[m].std()), *std.tolist()]
+        plot_curve(xs, series, xlabel="fraction of labels flipped", ylabel="test accuracy (%)", title=m,
+                   bands=bands, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def svm_attack_view(run, index: int, shape: tuple[int, ...]) -> plt.Figure:
+    """The SVM attack point at snapshot ``index`` beside the validation loss so far."""
+    check_int("index", index, low=0, high=len(run.snapshots) - 1)
+    step = run.snapshot_steps[index]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3))
+    a.imshow(run.snapshots[index].reshape(shape[-2:]), cmap="gray", vmin=0, vmax=1)
+    a.set_title(f"attack point, step {step}")
+    a.axis("off")
+    b.plot(run.val_loss, color="0.7")
+    b.plot(range(step + 1), run.val_loss[:step + 1], color="C3")
+    b.set_xlabel("gradient step")
+    b.set_ylabel("validation hinge loss")
+    fig.tight_layout()
+    return fig
+
+
+def explore_svm_attack(run, shape: tuple[int, ...]):
+    """Widget: a slider over the attack point's snapshots (image and objective follow)."""
+    import ipywidgets as w
+
+    def show(index: int) -> None:
+        svm_attack_view(run, index, shape)
+        plt.show()
+
+    return w.interactive(show, index=w.IntSlider(min=0, max=len(run.snapshots) - 1, value=len(run.snapshots) - 1,
+                                                 description="snapshot"))

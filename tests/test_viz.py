@@ -89,3 +89,28 @@ def test_real_model_in_designer():
     fig = viz.trigger_view(model, torch.rand(1, 28, 28), CLASSES)
     assert len(fig.axes) == 4
     plt.close(fig)
+
+
+def test_svm_attack_view_and_widget(monkeypatch):
+    from labsupport.poisoning import svm
+    task = svm.pair_task(ls.load_dataset("digits"), 7, 1, n_train=60, n_val=60, n_test=50)
+    run = svm.svm_attack(task, 1, steps=10, step_size=0.5, progress=False)
+    fig = viz.svm_attack_view(run, len(run.snapshots) - 1, task.image_shape)
+    assert "attack point, step" in fig.axes[0].get_title()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="index"):
+        viz.svm_attack_view(run, len(run.snapshots), task.image_shape)
+    seen = []
+    monkeypatch.setattr(viz, "svm_attack_view", lambda r, index, shape: seen.append(index))
+    slider = viz.explore_svm_attack(run, task.image_shape).children[0]
+    slider.value = 0
+    assert seen[-1] == 0
+
+
+def test_flip_curves_plots_one_panel_per_model():
+    from labsupport.poisoning import FlipCurve
+    import numpy as np
+    c = FlipCurve((0.1,), (0, 1), {"mlp": {"random": np.array([[80.0, 81.0]])}}, {"mlp": np.array([82.0, 83.0])})
+    fig = viz.flip_curves(c)
+    assert len(fig.axes) == 1 and fig.axes[0].get_title() == "mlp"
+    plt.close(fig)

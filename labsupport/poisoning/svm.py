@@ -152,7 +152,7 @@ class SVMAttack:
 
 
 def svm_attack(task: PairTask, n_points: int = 1, *, C: float = 1.0, steps: int = 100, step_size: float = 1.0,
-               seed: int = 0, snapshot_every: int = 20, progress: bool = True) -> SVMAttack:
+               seed: int = 0, snapshot_every: int = 2, progress: bool = True) -> SVMAttack:
     """Biggio et al.'s attack: add ``n_points`` attack points one after another, each initialised as
     a randomly chosen training point with its label flipped, then moved by ``steps`` projected
     gradient-ascent steps of ℓ2 length ``step_size`` on the validation hinge loss (halved when a step
