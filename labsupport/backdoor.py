@@ -28,8 +28,26 @@ from .training import TrainConfig, fit, pick_device
 from .triggers import RandomPatch, Trigger, region_grid, stamp
 
 
-@dataclass
-class PoisonedSet:
+class PoisonCounts:
+    """``count``, ``rate`` and a short repr for any result with a ground-truth ``mask`` and a ``name``."""
+
+    mask: torch.Tensor
+    name: str
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def rate(self) -> float:
+        return self.count / len(self.mask)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, poisons={self.count}, rate={self.rate:.2%})"
+
+
+@dataclass(repr=False)
+class PoisonedSet(PoisonCounts):
     """Poisoned training data.
 
     Attributes:
@@ -49,16 +67,6 @@ class PoisonedSet:
     name: str = ""
     info: dict = field(default_factory=dict)
 
-    @property
-    def count(self) -> int:
-        return int(self.mask.sum())
-
-    @property
-    def rate(self) -> float:
-        return self.count / len(self.mask)
-
-    def __repr__(self) -> str:
-        return f"PoisonedSet({self.name!r}, poisons={self.count}, rate={self.rate:.2%})"
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from .._validate import check_float
+from ..backdoor import PoisonCounts
 
 
-@dataclass
-class Poisoned:
+@dataclass(repr=False)
+class Poisoned(PoisonCounts):
     """A poisoned training set.
 
     Attributes:
@@ -28,16 +29,19 @@ class Poisoned:
     name: str = ""
     info: dict = field(default_factory=dict)
 
-    @property
-    def count(self) -> int:
-        return int(self.mask.sum())
 
-    @property
-    def rate(self) -> float:
-        return self.count / len(self.mask)
 
-    def __repr__(self) -> str:
-        return f"Poisoned({self.name!r}, poisons={self.count}, rate={self.rate:.2%})"
+@dataclass
+class Splits:
+    """Disjoint train / validation / test splits of one data set (numpy rows)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
 
 
 def poison_count(name: str, rate: float, n: int, *, low: float = 0.0, high: float = 1.0) -> int:

@@ -159,6 +159,8 @@ class FrogsResult:
     success: np.ndarray
     accuracy: np.ndarray
     clean_accuracy: float
+    poisons: torch.Tensor | None = None      # (setups × per_target, C, H, W), setup by setup
+    base_rows: torch.Tensor | None = None    # their base images' rows in the transfer training set
 
     @property
     def rate(self) -> float:
@@ -179,7 +181,7 @@ class FrogsResult:
                 f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points")
 
 
-def _bases(task: TransferTask, setups: list[dict[str, int]], per_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each setup, ``per_target`` base images of its base class drawn from the transfer training
     set's class (seeded); returns (P*per_target,) target rows and base rows."""
     rng = np.random.default_rng(seed)
@@ -198,7 +200,7 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     """Craft ``per_target`` poisons per setup (bases from the transfer training set, which they
     replace so the set's size is unchanged), retrain the head per setup, and score it."""
     check_int("per_target", per_target, low=1)
-    t_rows, b_rows = _bases(task, setups, per_target, seed)
+    t_rows, b_rows = base_rows(task, setups, per_target, seed)
     poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
                             watermark=watermark, eps=eps, progress=progress)
     clean_head = fit_head(task)
@@ -217,4 +219,4 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
         acc[i] = head.accuracy(ftest, task.y_test)
     label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
                      + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else ""))
-    return FrogsResult(label, success, acc, clean_acc)
+    return FrogsResult(label, success, acc, clean_acc, poisons, b_rows)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .._validate import check_float, check_int
 from .common import Poisoned
+from .label_flip import flip_labels
 
 LAMBERT_W_1_OVER_E = 0.27846454276107380  # W(1/e): the solution of w·e^w = 1/e
 
@@ -154,12 +155,10 @@ def flip_copies(x: torch.Tensor, y: torch.Tensor, clean: Linear, epsilon: float,
     check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
     n = len(y)
     k = max(1, int(round(epsilon * n)))
-    p = clean.logits(x).softmax(1)
-    p_true = p.gather(1, y[:, None]).squeeze(1)
-    masked = p.scatter(1, y[:, None], -1.0)
-    runner = masked.argmax(1)
-    rows = torch.argsort(p_true - masked.max(1).values, descending=True)[:k]
-    xs, ys = torch.cat([x, x[rows]]), torch.cat([y, runner[rows]])
+    flipped = flip_labels(y, k / n, mode="confident", num_classes=clean.W.shape[0],
+                          probs=clean.logits(x).softmax(1), seed=seed)
+    rows = flipped.info["rows"]
+    xs, ys = torch.cat([x, x[rows]]), torch.cat([y, flipped.y[rows]])
     mask = torch.zeros(len(ys), dtype=torch.bool)
     mask[n:] = True
     return Poisoned(xs, ys, mask, f"label flip copies ε={epsilon}")

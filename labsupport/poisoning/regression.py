@@ -26,22 +26,13 @@ from sklearn.linear_model import HuberRegressor, Lasso, RANSACRegressor
 
 from .._validate import check_choice, check_float, check_int
 from ..data import TabularData
-from .common import Poisoned, check_matrix, check_vector
+from .common import Poisoned, Splits, check_matrix, check_vector
 
 REGRESSORS = ("ridge", "lasso")
 
 
-@dataclass
-class RegressionTask:
+class RegressionTask(Splits):
     """Disjoint train / validation / test splits of a regression set, all in [0, 1]."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
 
 
 def regression_task(data: TabularData, n_train: int = 300, n_val: int = 250, n_test: int = 500,

@@ -24,23 +24,16 @@ from tqdm.auto import tqdm
 
 from .._validate import check_class, check_float, check_int
 from ..data import ImageData
-from .common import Poisoned, check_vector
+from .common import Poisoned, Splits, check_vector
 
 _ALPHA_TOL = 1e-6  # relative tolerance deciding 0 < alpha < C (margin support vectors)
 
 
 @dataclass
-class PairTask:
+class PairTask(Splits):
     """A two-class problem cut from an image dataset: labels +1 (class ``a``) and −1 (class ``b``);
     rows are flattened images in [0, 1]; train / validation / test are disjoint."""
 
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
     classes: tuple[str, str]
     image_shape: tuple[int, ...]
 
