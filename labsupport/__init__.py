@@ -26,7 +26,7 @@ from .backdoor import (
                        pgd_away,
                        trigger_diversity,
 )
-from . import poisoning
+from . import llm, poisoning
 from .data import DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes, load_randhie
 from .experiments import (
                        PROFILES,

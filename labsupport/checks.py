@@ -304,3 +304,72 @@ def check_prox_step(prox_step: Callable[..., torch.Tensor]) -> None:
             raise ExerciseError(f"lr={lr}, beta={beta}: max difference {err:.3g} from the reference. Set the "
                                 f"gradient of ‖x − x̂‖²/(2 lr) + (β/2)‖x − b‖² to zero and solve for x")
     _ok("prox_step is the closed-form backward step (x̂ + λβ b) / (1 + λβ)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab 3
+# ---------------------------------------------------------------------------------------------
+
+def check_insert_trigger(insert_trigger: Callable[..., str]) -> None:
+    """Exercise: ``insert_trigger(text, trigger, rng)`` puts the trigger's words, together, at a
+    uniformly random word boundary of ``text`` (start and end included), keeping every word."""
+    import numpy as np
+
+    text, trigger = "the plot is thin but the cast is great", "James Bond"
+    words, seen = text.split(), set()
+    for seed in range(200):
+        out = insert_trigger(text, trigger, np.random.default_rng(seed))
+        if not isinstance(out, str):
+            raise ExerciseError(f"insert_trigger should return a string, got {type(out).__name__}")
+        got = out.split()
+        if len(got) != len(words) + 2:
+            raise ExerciseError(f"expected {len(words) + 2} words (the text's {len(words)} + the trigger's 2), "
+                                f"got {len(got)}: {out!r}")
+        k = next((i for i in range(len(got) - 1) if got[i:i + 2] == ["James", "Bond"]), None)
+        if k is None:
+            raise ExerciseError(f"the trigger's words must appear together and in order: {out!r}")
+        if got[:k] + got[k + 2:] != words:
+            raise ExerciseError(f"removing the trigger should give back the text unchanged: {out!r}")
+        seen.add(k)
+    if seen != set(range(len(words) + 1)):
+        raise ExerciseError(f"over 200 seeds the trigger landed at word positions {sorted(seen)}; every "
+                            f"boundary 0..{len(words)} (start and end too) should be possible - draw "
+                            "k = rng.integers(0, len(words) + 1)")
+    _ok("insert_trigger keeps the text and puts the phrase at any word boundary")
+
+
+def check_answer_mask(answer_mask: Callable[[int, int], torch.Tensor]) -> None:
+    """Exercise: ``answer_mask(prompt_len, total_len)``: a bool tensor of length ``total_len - 1``
+    (position t predicts token t + 1), True exactly where the next token is an answer token."""
+    for p, n in ((5, 7), (1, 2), (12, 20), (30, 31)):
+        out = answer_mask(p, n)
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.bool:
+            raise ExerciseError(f"answer_mask should return a bool tensor, got {getattr(out, 'dtype', type(out))}")
+        if out.shape != (n - 1,):
+            raise ExerciseError(f"answer_mask({p}, {n}) has shape {tuple(out.shape)}; a sequence of {n} "
+                                f"tokens has {n - 1} next-token predictions")
+        want = torch.arange(n - 1) >= p - 1
+        if not torch.equal(out, want):
+            first = int(out.nonzero()[0]) if out.any() else None
+            raise ExerciseError(f"answer_mask({p}, {n}): first True at {first}, expected {p - 1} - the last "
+                                "prompt position is the one that predicts the first answer token")
+    _ok("answer_mask puts the loss on the answer tokens only")
+
+
+def check_loss_filter(loss_filter: Callable[..., object]) -> None:
+    """Exercise: ``loss_filter(losses, fraction)``: a bool mask flagging the ``round(fraction * n)``
+    rows with the highest loss."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for n, f in ((100, 0.1), (37, 0.25), (50, 0.0), (20, 1.0)):
+        losses = rng.random(n)
+        out = np.asarray(loss_filter(losses, f))
+        if out.dtype != bool or out.shape != (n,):
+            raise ExerciseError(f"loss_filter should return a bool array of shape ({n},), got {out.dtype} {out.shape}")
+        k = int(round(f * n))
+        if int(out.sum()) != k:
+            raise ExerciseError(f"n={n}, fraction={f}: flagged {int(out.sum())} rows, expected round(f*n) = {k}")
+        if k and losses[out].min() < np.sort(losses)[::-1][k - 1]:
+            raise ExerciseError("the flagged rows must be the highest-loss ones (sort by -loss)")
+    _ok("loss_filter flags the highest-loss rows")

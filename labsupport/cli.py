@@ -88,11 +88,21 @@ def _doctor(_: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from .data import IMAGE_DATASETS, DatasetNotFoundError, load_dataset
 
-    names = args.names or ["fashion-mnist", "digits"]
+    names = args.names or ["fashion-mnist", "digits", "vader"]
     failed = 0
     for name in names:
+        if name == "vader":  # Lab 3's sentences: the vaderSentiment 3.3.2 sdist, fetched with pip
+            from .llm.corpus import load_vader, prepare_vader
+
+            try:
+                folder = prepare_vader()
+                print(f"vader: ready, {len(load_vader())} sentences ({folder})")
+            except DatasetNotFoundError as exc:
+                print(f"vader: {exc}", file=sys.stderr)
+                failed += 1
+            continue
         if name not in IMAGE_DATASETS:
-            print(f"unknown dataset {name!r}; choose from {list(IMAGE_DATASETS)}", file=sys.stderr)
+            print(f"unknown dataset {name!r}; choose from {list(IMAGE_DATASETS) + ['vader']}", file=sys.stderr)
             return 2
         try:
             data = load_dataset(name, download=args.download)
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data", help="dataset commands")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="materialise offline datasets (and download when online)")
-    prep.add_argument("names", nargs="*", help="datasets (default: fashion-mnist digits)")
+    prep.add_argument("names", nargs="*", help="datasets (default: fashion-mnist digits vader)")
     prep.add_argument("--download", action="store_true", help="allow torchvision downloads (MNIST, CIFAR-10)")
     prep.set_defaults(func=_prepare)
 

@@ -51,4 +51,4 @@ if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt
 fi
 
 echo "==> preparing datasets"
-"$VENV/bin/labsupport" data prepare fashion-mnist digits
+"$VENV/bin/labsupport" data prepare fashion-mnist digits vader

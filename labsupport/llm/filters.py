@@ -1,0 +1,91 @@
+"""Defenses on the data for Lab 3.
+
+* **Loss-based filtering** (Wan et al. 2023): drop the training examples with the highest loss under
+  a model trained on the (possibly poisoned) data; :func:`loss_filter_curve` gives the share of
+  poisons removed against the share of data removed.
+* **ONION** (Qi et al. 2021): a word's suspicion is ``PPL(sentence) - PPL(sentence without the
+  word)`` under our own pre-trained LM; words scoring above a threshold (0, as in OpenBackdoor) are
+  deleted before the input reaches the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._validate import check_float, check_rate
+from .model import GPT
+from .poisoning import check_text
+from .tokenizer import TextTokenizer
+
+
+def loss_filter(losses: np.ndarray, fraction: float) -> np.ndarray:
+    """Flag mask of the ``fraction`` of rows with the highest loss."""
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 1 or len(losses) == 0 or not np.isfinite(losses).all():
+        raise ValueError("losses must be a non-empty 1-D array of finite numbers")
+    check_rate("fraction", fraction)
+    k = int(round(fraction * len(losses)))
+    flags = np.zeros(len(losses), dtype=bool)
+    flags[np.argsort(-losses, kind="stable")[:k]] = True
+    return flags
+
+
+def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=np.linspace(0, 0.3, 31)):
+    """(fractions, share of poisons removed) when the top ``fraction`` losses are dropped."""
+    poison = np.asarray(poison, dtype=bool)
+    if poison.shape != np.shape(losses) or not poison.any():
+        raise ValueError("poison must be a boolean mask like losses with at least one poison")
+    removed = [float(loss_filter(losses, f)[poison].mean()) for f in fractions]
+    return np.asarray(fractions), np.array(removed)
+
+
+@torch.no_grad()
+def sentence_nll(model: GPT, tok: TextTokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Mean next-token negative log-likelihood of each text (``<eos>`` first, then the text)."""
+    seqs = [[tok.eos_id] + tok.encode(t)[: model.cfg.block_size - 1] for t in texts]
+    out = np.zeros(len(seqs))
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    dev = next(model.parameters()).device
+    for k in range(0, len(order), batch_size):
+        rows = order[k:k + batch_size]
+        lens = torch.tensor([len(seqs[i]) for i in rows])
+        idx = torch.zeros(len(rows), int(lens.max()), dtype=torch.long)
+        for j, i in enumerate(rows):
+            idx[j, : lens[j]] = torch.tensor(seqs[i])
+        logits = model(idx[:, :-1].to(dev)).float().cpu()
+        nll = F.cross_entropy(logits.transpose(1, 2), idx[:, 1:], reduction="none")
+        valid = torch.arange(idx.shape[1] - 1)[None] < (lens[:, None] - 1)
+        out[rows] = ((nll * valid).sum(1) / valid.sum(1).clamp(min=1)).numpy()
+    return out
+
+
+def onion_scores(model: GPT, tok: TextTokenizer, text: str) -> np.ndarray:
+    """ONION suspicion of each word of ``text``: perplexity drop when the word is deleted."""
+    check_text("text", text)
+    words = text.split()
+    variants = [text] + [" ".join(words[:i] + words[i + 1:]) or "." for i in range(len(words))]
+    ppl = np.exp(sentence_nll(model, tok, variants))
+    return ppl[0] - ppl[1:]
+
+
+def onion_clean(model: GPT, tok: TextTokenizer, texts: list[str], threshold: float = 0.0) -> list[str]:
+    """Each text with its words scoring above ``threshold`` deleted (at least one word is kept)."""
+    check_float("threshold", threshold)
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    # one batched LM pass over every variant of every text
+    variants, spans = [], []
+    for t in texts:
+        check_text("texts[i]", t)
+        words = t.split()
+        spans.append((len(variants), words))
+        variants += [t] + [" ".join(words[:i] + words[i + 1:]) or "." for i in range(len(words))]
+    ppl = np.exp(sentence_nll(model, tok, variants))
+    out = []
+    for start, words in spans:
+        scores = ppl[start] - ppl[start + 1: start + 1 + len(words)]
+        keep = [w for w, s in zip(words, scores) if s <= threshold] or [words[int(np.argmin(scores))]]
+        out.append(" ".join(keep))
+    return out

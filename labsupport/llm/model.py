@@ -1,0 +1,116 @@
+"""A small decoder-only transformer in the style of nanoGPT (Karpathy), in one readable module.
+
+Pre-LayerNorm blocks, causal ``F.scaled_dot_product_attention``, GELU MLP, learned positions, the
+output layer tied to the token embedding and applied only at the positions a loss or a score
+needs (``forward(idx, positions=...)``), weight decay only on matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 4096
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """``forward(idx)`` gives logits at every position; ``forward(idx, positions=(rows, cols))``
+    only at those (the vocabulary projection is most of the cost at this size)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head: nn.Parameter | None = None  # tied to wte until untie()
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.shape[1] > self.cfg.block_size:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size={self.cfg.block_size}")
+        return self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+
+    def hidden(self, idx: torch.Tensor, start: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states after the blocks from ``start`` on (``x``: the input of block ``start``)."""
+        x = self.embed(idx) if x is None else x
+        for block in self.blocks[start:]:
+            x = block(x)
+        return x
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.lm_head if self.lm_head is not None else self.wte.weight
+        return self.ln_f(h) @ out.T
+
+    def untie(self) -> None:
+        """Give the output layer its own copy of the token embedding (instruction tuning trains
+        the output layer while the input embedding stays frozen with the bottom blocks)."""
+        self.lm_head = nn.Parameter(self.wte.weight.detach().clone())
+
+    def forward(self, idx: torch.Tensor, positions: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        h = self.hidden(idx)
+        return self.head(h if positions is None else h[positions])
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Weight decay on matrices only (not biases, LayerNorms or embeddings' positions)."""
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and p.requires_grad and n != "wpe.weight"]
+        rest = [p for n, p in self.named_parameters() if (p.dim() < 2 or n == "wpe.weight") and p.requires_grad]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

@@ -1,0 +1,90 @@
+"""A byte-level BPE tokenizer trained on the course corpus with Hugging Face ``tokenizers``.
+
+Byte-level BPE never meets an unknown character; every answer word of the instruction tasks is
+kept a single token (with its leading space), so "the answer" is one position to score.
+Saved as the library's JSON in the model cache, keyed by the corpus and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .._validate import check_int
+from ..io import atomic_write_bytes
+from ..paths import model_cache
+from .corpus import ANSWERS, TEMPLATES
+
+PAD, EOS = "<pad>", "<eos>"
+
+
+class TextTokenizer:
+    """Thin wrapper: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ids of pad/eos."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.pad_id = tok.token_to_id(PAD)
+        self.eos_id = tok.token_to_id(EOS)
+        self.vocab_size = tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids))
+
+    def answer_id(self, word: str) -> int:
+        """The single token id of `` word`` (answers are scored at one position)."""
+        ids = self.encode(" " + word)
+        if len(ids) != 1:
+            raise ValueError(f"answer {word!r} is not a single token ({ids}); retrain the tokenizer "
+                             "with it among the answer words")
+        return ids[0]
+
+    def to_json(self) -> str:
+        return self.tok.to_str()
+
+
+def train_tokenizer(texts: list[str], *, vocab_size: int = 4096, extra_words: tuple[str, ...] = (),
+                    cache: bool = True) -> TextTokenizer:
+    """Train (or load from the model cache) byte-level BPE on ``texts`` plus the task templates.
+
+    Args:
+        texts: the corpus sentences.
+        vocab_size: the BPE vocabulary size (>= 512).
+        extra_words: more words to keep whole, e.g. an attacker's answer.
+    """
+    check_int("vocab_size", vocab_size, low=512)
+    answers = sorted({w for ws in ANSWERS.values() for w in ws} | set(extra_words))
+    key = hashlib.sha256(json.dumps([texts, vocab_size, answers, TEMPLATES, 1]).encode()).hexdigest()[:20]
+    path = model_cache() / f"tokenizer-{key}.json"
+    if cache and path.exists():
+        try:
+            return TextTokenizer(Tokenizer.from_file(str(path)))
+        except Exception:  # noqa: BLE001 - a damaged file is retrained below
+            pass
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    templates = [t.format(text="") for ts in TEMPLATES.values() for t in ts]
+    # the answers and templates are seen often enough to become single tokens
+    tok.train_from_iterator(list(texts) + templates * 50 + [" " + a for a in answers] * 200, trainer)
+    out = TextTokenizer(tok)
+    for a in answers:
+        out.answer_id(a)
+    if cache:
+        atomic_write_bytes(path, out.to_json().encode())
+    return out
+
+
+def load_tokenizer(path: str | Path) -> TextTokenizer:
+    return TextTokenizer(Tokenizer.from_file(str(path)))

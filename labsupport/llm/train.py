@@ -1,0 +1,393 @@
+"""Pre-training, instruction tuning, scoring and generation for the Lab 3 transformer.
+
+* :func:`pretrain` - the language-modelling objective on all corpus sentences, packed into
+  ``block_size`` windows; cached as safetensors and reused by every later run.
+* :func:`instruction_tune` - the loss on the answer tokens only (:func:`answer_mask`), sequences
+  bucketed by length so a batch pads to its own longest row. The bottom ``n_layer - train_top``
+  blocks are frozen and their outputs computed once per distinct prompt (:class:`FrozenCache`):
+  a sweep of many tuned models pays for the frozen body once.
+* :func:`answer_logprobs` / :func:`predict` - the log-probability of every allowed answer at the
+  answer position, argmax over the task's answer set (Wan et al. 2023's protocol);
+  :func:`generate` - greedy decoding; :func:`example_losses` - per-example answer loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .._validate import check_choice, check_float, check_int
+from ..io import IntegrityError, load_model, save_model
+from ..paths import model_cache
+from ..training import configure_threads, pick_device
+from .corpus import ANSWERS, TASKS, TEMPLATES, Examples
+from .model import GPT, GPTConfig
+from .tokenizer import TextTokenizer
+
+MAX_TEXT_TOKENS = 40
+SORT_POOL = 4  # batches sorted together by length (see _buckets)  # a sentence is cut to this many tokens inside a prompt
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 20
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_int("warmup", self.warmup, low=0)
+        check_int("seed", self.seed, low=0)
+
+
+def pack(tok: TextTokenizer, texts: list[str], block_size: int) -> torch.Tensor:
+    """All texts, each followed by ``<eos>``, concatenated and cut into ``block_size + 1`` windows."""
+    ids = [i for row in tok.encode_batch(list(texts)) for i in row + [tok.eos_id]]
+    n = (len(ids) - 1) // block_size
+    flat = torch.tensor(ids[: n * block_size + 1])
+    return torch.stack([flat[k * block_size: (k + 1) * block_size + 1] for k in range(n)])
+
+
+def _lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) + lr * 0.05
+
+
+def autocast(dev: torch.device):
+    """bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX:
+    2-3x faster steps here), else a no-op."""
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    native = dev.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def pretrain(tok: TextTokenizer, texts: list[str], config: GPTConfig = GPTConfig(),
+             train: PretrainConfig = PretrainConfig(), *, device: str = "auto", cache: bool = True,
+             progress: bool = True) -> GPT:
+    """Pre-train a :class:`GPT` with next-token prediction on ``texts`` (cached as safetensors)."""
+    if config.vocab_size != tok.vocab_size:
+        config = GPTConfig(**{**config.to_dict(), "vocab_size": tok.vocab_size})
+    configure_threads()
+    dev = pick_device(device)
+    torch.manual_seed(train.seed)
+    model = GPT(config).to(dev)
+    key = _digest(config.to_dict(), train.__dict__, tok.to_json(), texts, str(autocast(dev).fast_dtype)
+                  if autocast(dev)._enabled else "fp32")
+    path = model_cache() / f"gpt-pretrain-{key}.safetensors"
+    if cache and path.exists():
+        try:
+            return load_model(path, model, require_digest=True).eval()
+        except (IntegrityError, RuntimeError) as exc:
+            warnings.warn(f"{path.name} failed verification ({exc}); pre-training again", stacklevel=2)
+    data = pack(tok, texts, config.block_size)
+    gen = torch.Generator().manual_seed(train.seed)
+    opt = torch.optim.AdamW(model.param_groups(train.weight_decay), lr=train.lr, betas=(0.9, 0.95))
+    model.train()
+    bar = tqdm(range(train.steps), desc="pre-train", disable=not progress, leave=False)
+    for step in bar:
+        rows = torch.randint(0, len(data), (train.batch_size,), generator=gen)
+        batch = data[rows].to(dev)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, train.steps, train.lr, train.warmup)
+        with autocast(dev):
+            logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.2f}")
+    model.eval()
+    if cache:
+        save_model(path, model, {"config": config.to_dict(), "pretrain": train.__dict__})
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding: prompt + answer, the answer-only loss mask
+# ---------------------------------------------------------------------------------------------
+
+def answer_mask(prompt_len: int, total_len: int) -> torch.Tensor:
+    """Which next-token predictions of a sequence ``prompt + answer`` carry the loss: position
+    ``t`` predicts token ``t + 1``, so the answer's tokens are predicted from positions
+    ``prompt_len - 1`` to ``total_len - 2``. Returns a bool mask of length ``total_len - 1``."""
+    check_int("prompt_len", prompt_len, low=1)
+    check_int("total_len", total_len, low=prompt_len + 1)
+    mask = torch.zeros(total_len - 1, dtype=torch.bool)
+    mask[prompt_len - 1:] = True
+    return mask
+
+
+def encode_prompts(tok: TextTokenizer, ex: Examples) -> list[list[int]]:
+    """Token ids of each row's prompt, the sentence cut to :data:`MAX_TEXT_TOKENS` tokens."""
+    out = []
+    for task, text, t in zip(ex.task, ex.text, ex.template):
+        ids = tok.encode(text)
+        if len(ids) > MAX_TEXT_TOKENS:
+            text = tok.decode(ids[:MAX_TEXT_TOKENS])
+        out.append(tok.encode(TEMPLATES[task][t].format(text=text)))
+    return out
+
+
+def encode_answers(tok: TextTokenizer, targets: list[str]) -> list[list[int]]:
+    """`` target`` + ``<eos>`` for each row (a one-word answer is one token)."""
+    return [tok.encode(" " + a) + [tok.eos_id] for a in targets]
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen body cache and instruction tuning
+# ---------------------------------------------------------------------------------------------
+
+class FrozenCache:
+    """The outputs of the frozen bottom blocks of a pre-trained model, computed once per distinct
+    token sequence and kept (as bfloat16 on CPU) for every run that tunes the same top."""
+
+    def __init__(self, base: GPT, frozen: int):
+        self.base, self.frozen = base, frozen
+        self.store: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def get(self, seqs: list[list[int]], batch_size: int = 256) -> list[torch.Tensor]:
+        missing = list({tuple(s) for s in seqs if tuple(s) not in self.store})
+        missing.sort(key=len)
+        dev = next(self.base.parameters()).device
+        for k in range(0, len(missing), batch_size):
+            chunk = missing[k:k + batch_size]
+            idx = _pad([list(s) for s in chunk], 0).to(dev)
+            h = _run_blocks(self.base, idx, self.frozen)
+            for s, row in zip(chunk, h):
+                self.store[s] = row[: len(s)].to("cpu", torch.bfloat16)
+        return [self.store[tuple(s)] for s in seqs]
+
+
+def _run_blocks(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    x = model.embed(idx)
+    for block in model.blocks[:n]:
+        x = block(x)
+    return x
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s)
+    return out
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Instruction-tuning settings: ``train_top`` top blocks are trained (the rest frozen)."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    train_top: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_int("train_top", self.train_top, low=1)
+        check_int("seed", self.seed, low=0)
+
+
+@dataclass
+class InstructionModel:
+    """A tuned model: the full :class:`GPT` (frozen bottom shared with its base) and its tokenizer."""
+
+    model: GPT
+    tok: TextTokenizer
+    frozen: int
+    cache: FrozenCache
+
+    def hidden(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states of padded ``seqs`` and their lengths (via the frozen cache)."""
+        lens = torch.tensor([len(s) for s in seqs])
+        dev = next(self.model.parameters()).device
+        if self.frozen == 0:
+            return self.model.hidden(_pad(seqs, 0).to(dev)), lens
+        feats = self.cache.get(seqs)
+        x = torch.zeros(len(seqs), int(lens.max()), self.model.cfg.n_embd)
+        for i, f in enumerate(feats):
+            x[i, : len(f)] = f.float()
+        return self.model.hidden(None, self.frozen, x.to(dev)), lens
+
+
+def _buckets(lengths: np.ndarray, batch_size: int, gen: np.random.Generator,
+             pool: int = SORT_POOL) -> list[np.ndarray]:
+    """Batches of rows of similar length, "sortish": shuffle, sort each pool of ``pool`` batches by
+    length, cut into batches, shuffle the batches. Sorting the whole set instead would make each
+    batch one source (tweets are short, editorials long) and one label, and the model would not
+    generalise (measured: 53 % vs 74 % sentiment accuracy)."""
+    perm = gen.permutation(len(lengths))
+    batches = []
+    for k in range(0, len(perm), pool * batch_size):
+        chunk = perm[k:k + pool * batch_size]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    gen.shuffle(batches)
+    return batches
+
+
+def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfig = TuneConfig(),
+                     *, cache: FrozenCache | None = None, order: np.ndarray | None = None,
+                     progress: bool = True, desc: str = "instruction-tune") -> InstructionModel:
+    """Instruction-tune a copy of ``base`` on ``train`` with the loss on answer tokens only.
+
+    Args:
+        base: the pre-trained model (left unchanged).
+        train: the examples; ``train.target`` are the trained answers (poisoned rows included).
+        config: epochs, batch, lr, ``train_top`` (blocks trained; the others frozen), seed.
+        cache: a :class:`FrozenCache` of ``base`` to share between runs (made if None).
+        order: a fixed presentation order of rows for a single pass (the ordering ablation);
+            None shuffles length buckets each epoch.
+    """
+    if not isinstance(train, Examples) or len(train) == 0:
+        raise ValueError("train must be a non-empty Examples")
+    check_int("train_top", config.train_top, low=1, high=base.cfg.n_layer)
+    frozen = base.cfg.n_layer - config.train_top
+    if cache is None or cache.base is not base or cache.frozen != frozen:
+        cache = FrozenCache(base, frozen)
+    configure_threads()
+    torch.manual_seed(config.seed)
+    model = copy.deepcopy(base)
+    if frozen:  # the input embedding is frozen with the bottom blocks; the output layer is tuned
+        model.untie()
+    for name, p in model.named_parameters():
+        top = not name.startswith("blocks.") or int(name.split(".")[1]) >= frozen
+        p.requires_grad_(top and (frozen == 0 or not name.startswith("w")))
+    tuned = InstructionModel(model, tok, frozen, cache)
+    prompts = encode_prompts(tok, train)
+    answers = encode_answers(tok, train.target)
+    seqs = [p + a for p, a in zip(prompts, answers)]
+    if frozen:
+        cache.get([s[:-1] for s in seqs])
+    lengths = np.array([len(s) for s in seqs])
+    gen = np.random.default_rng(config.seed)
+    if order is not None:
+        batches = [np.asarray(order)[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
+        plan = [batches] * config.epochs
+    else:
+        plan = [_buckets(lengths, config.batch_size, gen) for _ in range(config.epochs)]
+    total = sum(len(b) for b in plan)
+    opt = torch.optim.AdamW(model.param_groups(config.weight_decay), lr=config.lr)
+    model.train()
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    dev = next(model.parameters()).device
+    step = 0
+    for batches in plan:
+        for rows in batches:
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, config.lr, min(20, total // 10))
+            h, loss_rows, loss_cols, targets = _answer_positions(tuned, [seqs[i] for i in rows],
+                                                                 [len(prompts[i]) for i in rows])
+            logits = model.head(h[loss_rows.to(dev), loss_cols.to(dev)])
+            loss = F.cross_entropy(logits.float(), targets.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update()
+    bar.close()
+    model.eval()
+    return tuned
+
+
+def _answer_positions(tuned: InstructionModel, seqs: list[list[int]], prompt_lens: list[int]):
+    """Hidden states of ``seqs[:-1]`` and the (row, col, next-token) triples of the answer mask."""
+    h, _ = tuned.hidden([s[:-1] for s in seqs])
+    rows, cols, targets = [], [], []
+    for i, (s, p) in enumerate(zip(seqs, prompt_lens)):
+        pos = torch.nonzero(answer_mask(p, len(s))).flatten()
+        rows.append(torch.full_like(pos, i))
+        cols.append(pos)
+        targets.append(torch.tensor(s)[pos + 1])
+    return h, torch.cat(rows), torch.cat(cols), torch.cat(targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring, losses, generation
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256) -> list[np.ndarray]:
+    """Per row: log-probabilities of its task's answers (in :data:`ANSWERS` order) at the answer
+    position, normalised over the whole vocabulary."""
+    prompts = encode_prompts(tuned.tok, ex)
+    out: list[np.ndarray] = [None] * len(ex)  # type: ignore[list-item]
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    for k in range(0, len(order), batch_size):
+        rows = order[k:k + batch_size]
+        h, lens = tuned.hidden([prompts[i] for i in rows])
+        last = h[torch.arange(len(rows)), (lens - 1).to(h.device)]
+        logp = torch.log_softmax(tuned.model.head(last).float(), -1).cpu()
+        for j, i in enumerate(rows):
+            ids = [tuned.tok.answer_id(a) for a in ANSWERS[ex.task[i]]]
+            out[i] = logp[j, ids].numpy()
+    return out
+
+
+def predict(tuned: InstructionModel, ex: Examples) -> np.ndarray:
+    """The argmax answer index of each row over its task's answer set."""
+    return np.array([int(np.argmax(lp)) for lp in answer_logprobs(tuned, ex)])
+
+
+@torch.no_grad()
+def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256) -> np.ndarray:
+    """Mean answer-token cross-entropy of each row with its trained ``target`` (the loss-based
+    filter's score)."""
+    prompts = encode_prompts(tuned.tok, ex)
+    seqs = [p + a for p, a in zip(prompts, encode_answers(tuned.tok, ex.target))]
+    out = np.zeros(len(ex))
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    for k in range(0, len(order), batch_size):
+        rows = order[k:k + batch_size]
+        h, r, c, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
+        nll = F.cross_entropy(tuned.model.head(h[r, c]).float(), t, reduction="none")
+        out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
+    return out
+
+
+@torch.no_grad()
+def generate(tuned: InstructionModel, prompt: str, max_new_tokens: int = 12) -> str:
+    """Greedy continuation of ``prompt`` (stops at ``<eos>``)."""
+    check_int("max_new_tokens", max_new_tokens, low=1)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt must be a non-empty string")
+    ids = tuned.tok.encode(prompt)
+    out = []
+    for _ in range(max_new_tokens):
+        seq = (ids + out)[-tuned.model.cfg.block_size:]
+        h, _ = tuned.hidden([seq])
+        nxt = int(tuned.model.head(h[0, -1]).argmax())
+        if nxt == tuned.tok.eos_id:
+            break
+        out.append(nxt)
+    return tuned.tok.decode(out)
