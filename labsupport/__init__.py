@@ -63,7 +63,7 @@ __all__ = [
     "ResNet18", "SmallCNN", "TabularData", "TrainConfig", "Trigger", "TriggerGenerator", "attack_success_rate",
     "auroc", "badnets", "ban", "build_model", "checkerboard", "clean_accuracy", "clean_label",
     "composite", "configure_threads", "count_sweep", "detection_scores", "evaluate_backdoor", "evaluate_multi_target", "fit",
-    "get_profile", "load_dataset", "load_diabetes", "load_randhie", "poisoning", "load_lab_data", "load_model", "multi_target",
+    "get_profile", "load_dataset", "load_diabetes", "load_randhie", "llm", "poisoning", "load_lab_data", "load_model", "multi_target",
     "noise_key", "pgd_away", "pick_device", "predict", "predict_proba", "region_grid", "save_model",
     "seed_everything", "sha256_file", "train_and_evaluate", "train_model", "trigger_diversity", "white_square",
 ]

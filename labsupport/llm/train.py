@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._validate import check_choice, check_float, check_int
+from .._validate import check_float, check_int
 from ..io import IntegrityError, load_model, save_model
 from ..paths import model_cache
 from ..training import configure_threads, pick_device
-from .corpus import ANSWERS, TASKS, TEMPLATES, Examples
+from .corpus import ANSWERS, TEMPLATES, Examples
 from .model import GPT, GPTConfig
 from .tokenizer import TextTokenizer
 
