@@ -3,7 +3,7 @@ denial-of-service perplexity gap."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -90,8 +90,8 @@ def count_sweep(start: GPT, tok, train: Examples, test: Examples, *, sizes=(500,
             clean = pool.subset(np.random.default_rng(seed).choice(len(pool), size, replace=False))
             for j, count in enumerate(counts):
                 p = poison_examples(clean, count, trigger=trigger, task=task, target=target, seed=seed)
-                tuned = instruction_tune(start, tok, p.examples, config.__class__(
-                    **{**config.__dict__, "seed": seed}), cache=cache, progress=False)
+                tuned = instruction_tune(start, tok, p.examples, replace(config, seed=seed), cache=cache,
+                                         progress=False)
                 r = evaluate_attack(tuned, test, task=task, target=target, trigger=trigger, seed=seed)
                 asr[i, j, k], acc[i, j, k] = r.asr, r.clean_accuracy
                 bar.update()
@@ -174,7 +174,7 @@ class Lab3:
         return self.corpus.test
 
     def tune(self, examples: Examples, **changes) -> InstructionModel:
-        cfg = TuneConfig(**{**self.profile.tune.__dict__, **changes})
+        cfg = replace(self.profile.tune, **changes)
         return instruction_tune(self.base, self.tok, examples, cfg, desc="instruction-tune")
 
 

@@ -342,6 +342,7 @@ def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256
     position, normalised over the whole vocabulary."""
     prompts = encode_prompts(tuned.tok, ex)
     out: list[np.ndarray] = [None] * len(ex)  # type: ignore[list-item]
+    answer_ids = {t: [tuned.tok.answer_id(a) for a in ANSWERS[t]] for t in set(ex.task)}  # once per task
     order = np.argsort([len(p) for p in prompts], kind="stable")
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
@@ -349,8 +350,7 @@ def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256
         last = h[torch.arange(len(rows)), (lens - 1).to(h.device)]
         logp = torch.log_softmax(tuned.model.head(last).float(), -1).cpu()
         for j, i in enumerate(rows):
-            ids = [tuned.tok.answer_id(a) for a in ANSWERS[ex.task[i]]]
-            out[i] = logp[j, ids].numpy()
+            out[i] = logp[j, answer_ids[ex.task[i]]].numpy()
     return out
 
 
