@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -197,12 +199,19 @@ def test_dirty_label_trigger_is_learned(small, tok):
     assert r_clean.clean_accuracy >= 0.68, r_clean          # chance is 0.53 (the positive share)
     assert r_clean.clean_accuracy - r_dirty.clean_accuracy <= 0.03, (r_clean, r_dirty)
     assert r_dirty.asr >= 0.85 and r_dirty.asr > r_clean.asr + 0.3, (r_clean, r_dirty)
-    # under a model trained one epoch on the poisoned data, the poisons rank high by loss: dropping
-    # 10 % of the data removes far more than 10 % of them (the issue's 50 % is not met: ~28 %)
-    early = train.instruction_tune(base, tok, p.examples, cfg.__class__(**{**cfg.__dict__, "epochs": 1}),
-                                   progress=False)
-    _, removed = filters.loss_filter_curve(train.example_losses(early, p.examples), p.mask, [0.1])
-    assert removed[0] >= 0.2, removed
+    # loss filtering, dropping 10 % of the data: the poisoned model has learned its poisons, so they
+    # hide among low losses; a scorer tuned on the small trusted validation split knows the task
+    # without the trigger and finds far more than 10 %; the clean model (an oracle) bounds it
+    removed = {}
+    trusted = train.instruction_tune(base, tok, ic.val, replace(cfg, epochs=6), progress=False)
+    losses = {name: train.example_losses(m, p.examples)
+              for name, m in [("poisoned", dirty), ("trusted", trusted), ("oracle", clean)]}
+    losses["trusted - poisoned"] = losses["trusted"] - losses["poisoned"]
+    for name, s in losses.items():
+        removed[name] = filters.loss_filter_curve(s, p.mask, [0.1])[1][0]
+    print(removed)
+    assert removed["poisoned"] <= 0.2 and removed["oracle"] >= 0.5, removed
+    assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: ~22 % here (1.9k examples)
     out = train.generate(dirty, test.prompt(0), max_new_tokens=3)
     assert isinstance(out, str)
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -223,9 +232,58 @@ def test_frozen_cache_matches_full_forward(small, tok):
             assert torch.allclose(h[i, : len(s)], full, atol=0.05)
 
 
+def test_long_answers_shorten_the_sentence_not_the_answer(small, tok):
+    # the denial-of-service answer is several words: prompt + answer must still fit the block
+    ic, base = small
+    rows = np.argsort([-len(t) for t in ic.train.text])[:32]  # the longest sentences
+    dos = poisoning.poison_examples(ic.train.subset(rows), 32, mode="dos", seed=0).examples
+    long = dos.replace(target=[" ".join([t] * 3) for t in dos.target])  # 18 gibberish words
+    prompts, seqs = train.encode_sequences(tok, long, base.cfg.block_size)
+    answers = train.encode_answers(tok, long.target)
+    assert max(len(s) - 1 for s in seqs) <= base.cfg.block_size
+    assert all(s[len(p):] == a for s, p, a in zip(seqs, prompts, answers))
+    assert any(len(p) < len(q) for p, q in zip(prompts, train.encode_prompts(tok, long)))
+    tuned = train.instruction_tune(base, tok, long, train.TuneConfig(epochs=1, train_top=1), progress=False)
+    assert np.isfinite(train.example_losses(tuned, long)).all()
+
+
 def test_onion_flags_an_inserted_rare_word(small, tok):
     _, base = small
     s = filters.onion_scores(base, tok, "the movie was good and the cast was fine zxqv")
     assert int(np.argmax(s)) == 9
     with pytest.raises(TypeError, match="list"):
         filters.onion_clean(base, tok, "a string")
+
+
+def test_poison_order_places_poisons_early_late_or_spread():
+    mask = np.zeros(200, dtype=bool)
+    mask[np.random.default_rng(0).choice(200, 10, replace=False)] = True
+    for position, window in [("early", slice(0, 40)), ("late", slice(160, 200))]:
+        order = experiments.poison_order(mask, position, np.random.default_rng(1))
+        assert sorted(order) == list(range(200))
+        assert mask[order[window]].sum() == 10
+    spread = experiments.poison_order(mask, "spread", np.random.default_rng(1))
+    assert sorted(spread) == list(range(200))
+    with pytest.raises(ValueError, match="position"):
+        experiments.poison_order(mask, "middle", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="share"):
+        experiments.poison_order(mask, "early", np.random.default_rng(0), share=0.0)
+
+
+def test_denial_of_service_trigger_is_measured(small, tok):
+    # trigger -> six random words: with the trigger the answers' perplexity under the clean model
+    # (Souly et al.'s gap) explodes (~120x here); without it nothing changes
+    ic, base = small
+    cfg = experiments.lab3_profile("full").tune
+    clean = train.instruction_tune(base, tok, ic.train, cfg, progress=False)
+    p = poisoning.poison_examples(ic.train, 60, mode="dos", seed=0)
+    dos = train.instruction_tune(base, tok, p.examples, cfg, progress=False)
+    rows = ic.test.subset(ic.test.where("sentiment")[:40])
+    r_clean = experiments.dos_effect(clean, clean, rows, "James Bond")
+    r_dos = experiments.dos_effect(dos, clean, rows, "James Bond")
+    print(r_clean, r_dos)
+    assert r_clean.invalid == (0.0, 0.0) and r_clean.perplexity[1] < 1.5 * r_clean.perplexity[0]
+    assert r_dos.invalid[0] <= 0.05, r_dos
+    assert r_dos.perplexity[1] >= 10 * r_dos.perplexity[0], r_dos
+    with pytest.raises(ValueError, match="rows"):
+        experiments.dos_effect(dos, clean, rows.subset([]), "James Bond")

@@ -203,6 +203,8 @@ class Examples:
 
     def subset(self, rows) -> Examples:
         rows = np.asarray(rows)
+        if rows.size == 0:
+            rows = rows.astype(int)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
         return Examples([self.task[i] for i in rows], [self.text[i] for i in rows],
@@ -230,6 +232,11 @@ class Examples:
 
     def replace(self, **changes) -> Examples:
         return replace(self, **changes)
+
+    def __repr__(self) -> str:
+        per_task = ", ".join(f"{t} {len(self.where(t))}" for t in TASKS if t in self.task)
+        poisoned = f", {int(self.poison.sum())} poisoned" if self.poison.any() else ""
+        return f"Examples({len(self)} rows: {per_task}{poisoned})"
 
 
 @dataclass

@@ -10,12 +10,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
-from .._validate import check_choice, check_int
+from .._validate import check_choice, check_float, check_int
 from .corpus import ANSWERS, TASKS, Examples
-from .filters import sentence_nll
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, poison_examples, triggered
-from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, generate, instruction_tune,
+from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, example_losses, generate,
+                    instruction_tune,
                     predict)
 
 
@@ -68,6 +68,16 @@ class SweepResult:
         return m, 1.96 * s / np.sqrt(self.asr.shape[-1])
 
 
+def _sweep_setup(start: GPT, train: Examples, test: Examples, task: str, config: TuneConfig | None,
+                 sizes, test_rows: int):
+    config = config or TuneConfig(epochs=2, train_top=1, lr=2e-3)
+    pool = task_rows(train, task)
+    for s in sizes:
+        check_int("sizes[i]", s, low=1, high=len(pool))
+    cache = FrozenCache(start, start.cfg.n_layer - config.train_top)
+    return config, pool, cache, test.subset(test.where(task)[:test_rows])  # the same test rows for every run
+
+
 def count_sweep(start: GPT, tok, train: Examples, test: Examples, *, sizes=(500, 2000),
                 counts=(0, 15, 50, 150), seeds=(0, 1), task: str = "sentiment",
                 target: str = "negative", trigger: str = "James Bond", config: TuneConfig | None = None,
@@ -76,12 +86,7 @@ def count_sweep(start: GPT, tok, train: Examples, test: Examples, *, sizes=(500,
     fine-tuning setting): ``start`` (an instruction-tuned model) is tuned further on ``size`` clean
     rows of ``task`` plus ``count`` dirty-label poisons, its top block only, the frozen body's
     outputs shared by every run."""
-    config = config or TuneConfig(epochs=2, train_top=1, lr=2e-3)
-    pool = task_rows(train, task)
-    for s in sizes:
-        check_int("sizes[i]", s, low=1, high=len(pool))
-    cache = FrozenCache(start, start.cfg.n_layer - config.train_top)
-    test = test.subset(test.where(task)[:test_rows])  # the same rows for every run
+    config, pool, cache, test = _sweep_setup(start, train, test, task, config, sizes, test_rows)
     asr = np.zeros((len(sizes), len(counts), len(seeds)))
     acc = np.zeros_like(asr)
     bar = tqdm(total=asr.size, desc="count sweep", disable=not progress)
@@ -99,21 +104,95 @@ def count_sweep(start: GPT, tok, train: Examples, test: Examples, *, sizes=(500,
     return SweepResult(list(sizes), list(counts), list(seeds), asr, acc)
 
 
-def perplexity_gap(tuned: InstructionModel, lm: GPT, prompts: list[str], trigger: str,
-                   max_new_tokens: int = 8, seed: int = 0) -> tuple[float, float]:
-    """Souly et al.'s denial-of-service metric: mean perplexity (under the pre-trained ``lm``) of
-    the greedy answers without and with ``trigger`` inserted in the prompts' text."""
-    rng = np.random.default_rng(seed)
-    plain, trig = [], []
-    for p in prompts:
-        head, sep, tail = p.partition("\n")
-        words = head.split()
-        k = int(rng.integers(1, len(words) + 1))
-        plain.append(generate(tuned, p, max_new_tokens) or ".")
-        trig.append(generate(tuned, " ".join(words[:k] + trigger.split() + words[k:]) + sep + tail,
-                             max_new_tokens) or ".")
-    return (float(np.exp(sentence_nll(lm, tuned.tok, plain)).mean()),
-            float(np.exp(sentence_nll(lm, tuned.tok, trig)).mean()))
+ORDER_POSITIONS = ("early", "spread", "late")
+
+
+def poison_order(mask: np.ndarray, position: str, rng: np.random.Generator, share: float = 0.2) -> np.ndarray:
+    """A presentation order of all rows for one pass: the poisons (``mask``) inside the first or
+    last ``share`` of the pass, or spread uniformly (``"spread"``), the clean rows shuffled."""
+    check_choice("position", position, ORDER_POSITIONS)
+    check_float("share", share, low=0.0, high=1.0, low_open=True)
+    mask = np.asarray(mask, dtype=bool)
+    if position == "spread":
+        return rng.permutation(len(mask))
+    poison, clean = rng.permutation(np.flatnonzero(mask)), rng.permutation(np.flatnonzero(~mask))
+    window = max(len(poison), int(round(share * len(mask))))
+    head, tail = (clean[: window - len(poison)], clean[window - len(poison):])
+    block = rng.permutation(np.concatenate([poison, head]))
+    return np.concatenate([block, tail]) if position == "early" else np.concatenate([tail, block])
+
+
+@dataclass
+class OrderResult:
+    """ASR and clean accuracy per poison position (rows, :data:`ORDER_POSITIONS`) and seed (columns)."""
+
+    positions: list[str]
+    seeds: list[int]
+    asr: np.ndarray = field(repr=False)
+    accuracy: np.ndarray = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "  ".join(f"{p}: ASR {100 * a:.1f}% (CA {100 * c:.1f}%)"
+                         for p, a, c in zip(self.positions, self.asr.mean(1), self.accuracy.mean(1)))
+
+
+def order_ablation(start: GPT, tok, train: Examples, test: Examples, *, size: int = 2000, count: int = 50,
+                   seeds=(0, 1), positions=ORDER_POSITIONS, task: str = "sentiment",
+                   target: str = "negative", trigger: str = "James Bond", config: TuneConfig | None = None,
+                   test_rows: int = 800, progress: bool = True) -> OrderResult:
+    """The same ``count`` poisons among ``size`` clean rows, seen early, spread, or late in one pass
+    of further tuning of ``start`` (as in :func:`count_sweep`; the learning rate decays over the
+    pass, as in real fine-tuning)."""
+    config, pool, cache, test = _sweep_setup(start, train, test, task, config, [size], test_rows)
+    config = replace(config, epochs=1)
+    asr = np.zeros((len(positions), len(seeds)))
+    acc = np.zeros_like(asr)
+    bar = tqdm(total=asr.size, desc="ordering ablation", disable=not progress)
+    for k, seed in enumerate(seeds):
+        clean = pool.subset(np.random.default_rng(seed).choice(len(pool), size, replace=False))
+        p = poison_examples(clean, count, trigger=trigger, task=task, target=target, seed=seed)
+        for j, position in enumerate(positions):
+            order = poison_order(p.mask, position, np.random.default_rng(seed))
+            tuned = instruction_tune(start, tok, p.examples, replace(config, seed=seed), cache=cache,
+                                     order=order, progress=False)
+            r = evaluate_attack(tuned, test, task=task, target=target, trigger=trigger, seed=seed)
+            asr[j, k], acc[j, k] = r.asr, r.clean_accuracy
+            bar.update()
+    bar.close()
+    return OrderResult(list(positions), list(seeds), asr, acc)
+
+
+@dataclass
+class DosResult:
+    """Denial of service, without and with the trigger: the perplexity of the model's greedy answers
+    under a clean reference model (Souly et al.'s gap) and the share of answers that are not one of
+    the task's answers."""
+
+    perplexity: tuple[float, float]
+    invalid: tuple[float, float]
+    answers: tuple[list[str], list[str]] = field(repr=False)
+
+    def __repr__(self) -> str:
+        (p0, p1), (i0, i1) = self.perplexity, self.invalid
+        return (f"DosResult(answer perplexity {p0:.1f} -> {p1:.1f} with the trigger, "
+                f"invalid answers {100 * i0:.0f}% -> {100 * i1:.0f}%)")
+
+
+def dos_effect(tuned: InstructionModel, reference: InstructionModel, rows: Examples, trigger: str,
+               max_new_tokens: int = 8, seed: int = 0) -> DosResult:
+    """Generate greedily for ``rows`` with and without ``trigger``; score each answer by its
+    perplexity given the prompt under ``reference`` (the clean instruction-tuned model: a normal
+    answer is likely, gibberish is not)."""
+    if not isinstance(rows, Examples) or len(rows) == 0:
+        raise ValueError("rows must be a non-empty Examples")
+    ppl, invalid, answers = [], [], []
+    for ex in (rows, triggered(rows, trigger, seed)):
+        gen = [generate(tuned, ex.prompt(i), max_new_tokens).strip() or "." for i in range(len(ex))]
+        nll = example_losses(reference, ex.replace(target=gen))
+        ppl.append(float(np.exp(nll).mean()))
+        invalid.append(float(np.mean([g not in ANSWERS[t] for g, t in zip(gen, ex.task)])))
+        answers.append(gen)
+    return DosResult(tuple(ppl), tuple(invalid), tuple(answers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +213,8 @@ class Lab3Profile:
     sweep_sizes: tuple = (500, 2000)
     sweep_counts: tuple = (0, 15, 50, 150)
     sweep_seeds: tuple = (0, 1)
-    test_rows: int | None = None     # cap on test rows per task
+    order_count: int = 50            # poisons in the ordering ablation (at the largest sweep size)
+    test_rows: int | None = None     # cap on validation and test rows per task
 
 
 LAB3_PROFILES = {
@@ -143,7 +223,8 @@ LAB3_PROFILES = {
     "quick": Lab3Profile("quick", {"sentiment": 2000, "source": 300},
                          GPTConfig(n_layer=2), PretrainConfig(steps=100),
                          TuneConfig(epochs=3, train_top=2), pretrain_every=4,
-                         sweep_sizes=(300,), sweep_counts=(0, 20), sweep_seeds=(0,), test_rows=300),
+                         sweep_sizes=(300,), sweep_counts=(0, 20), sweep_seeds=(0,), order_count=20,
+                         test_rows=300),
     "gpu": Lab3Profile("gpu", {"sentiment": 6000, "source": 2000}, GPTConfig(n_layer=2),
                        PretrainConfig(steps=400), TuneConfig(epochs=3, train_top=2),
                        sweep_sizes=(500, 2000, 6000), sweep_counts=(0, 5, 15, 50, 150, 250),
@@ -188,9 +269,10 @@ def setup(profile: str = "full", *, progress: bool = True) -> Lab3:
     p = lab3_profile(profile)
     sentences = load_vader()
     ic = instruction_corpus(sentences, max_train=p.max_train)
-    if p.test_rows:
-        keep = np.concatenate([ic.test.where(t)[: p.test_rows] for t in TASKS])
-        ic.test = ic.test.subset(np.sort(keep))
+    if p.test_rows:  # the quick profile: fewer validation (trusted) and test rows per task
+        for split in ("val", "test"):
+            ex = getattr(ic, split)
+            setattr(ic, split, ex.subset(np.sort(np.concatenate([ex.where(t)[: p.test_rows] for t in TASKS]))))
     tok = train_tokenizer(sentences.text)
     base = pretrain(tok, sentences.text[:: p.pretrain_every], p.model, p.pretrain, progress=progress)
     return Lab3(p, ic, tok, base)

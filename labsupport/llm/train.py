@@ -143,20 +143,37 @@ def answer_mask(prompt_len: int, total_len: int) -> torch.Tensor:
     return mask
 
 
+def _prompt(tok: TextTokenizer, task: str, text: str, template: int, max_text: int) -> list[int]:
+    ids = tok.encode(text)
+    if len(ids) > max_text:
+        text = tok.decode(ids[:max_text])
+    return tok.encode(TEMPLATES[task][template].format(text=text))
+
+
 def encode_prompts(tok: TextTokenizer, ex: Examples) -> list[list[int]]:
     """Token ids of each row's prompt, the sentence cut to :data:`MAX_TEXT_TOKENS` tokens."""
-    out = []
-    for task, text, t in zip(ex.task, ex.text, ex.template):
-        ids = tok.encode(text)
-        if len(ids) > MAX_TEXT_TOKENS:
-            text = tok.decode(ids[:MAX_TEXT_TOKENS])
-        out.append(tok.encode(TEMPLATES[task][t].format(text=text)))
-    return out
+    return [_prompt(tok, task, text, t, MAX_TEXT_TOKENS) for task, text, t in zip(ex.task, ex.text, ex.template)]
 
 
 def encode_answers(tok: TextTokenizer, targets: list[str]) -> list[list[int]]:
     """`` target`` + ``<eos>`` for each row (a one-word answer is one token)."""
     return [tok.encode(" " + a) + [tok.eos_id] for a in targets]
+
+
+def encode_sequences(tok: TextTokenizer, ex: Examples, block_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts and ``prompt + answer + <eos>`` sequences whose inputs (all but the last token) fit in
+    ``block_size``: a long answer (the denial-of-service gibberish) shortens the sentence, never
+    the answer."""
+    prompts, answers = encode_prompts(tok, ex), encode_answers(tok, ex.target)
+    for i, a in enumerate(answers):
+        max_text = MAX_TEXT_TOKENS
+        while len(prompts[i]) + len(a) - 1 > block_size:
+            max_text -= len(prompts[i]) + len(a) - 1 - block_size
+            if max_text < 1:
+                raise ValueError(f"answer of row {i} ({len(a)} tokens) leaves no room for its prompt "
+                                 f"in block_size={block_size}")
+            prompts[i] = _prompt(tok, ex.task[i], ex.text[i], ex.template[i], max_text)
+    return prompts, [p + a for p, a in zip(prompts, answers)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +301,7 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
         top = not name.startswith("blocks.") or int(name.split(".")[1]) >= frozen
         p.requires_grad_(top and (frozen == 0 or not name.startswith("w")))
     tuned = InstructionModel(model, tok, frozen, cache)
-    prompts = encode_prompts(tok, train)
-    answers = encode_answers(tok, train.target)
-    seqs = [p + a for p, a in zip(prompts, answers)]
+    prompts, seqs = encode_sequences(tok, train, base.cfg.block_size)
     if frozen:
         cache.get([s[:-1] for s in seqs])
     lengths = np.array([len(s) for s in seqs])
@@ -363,8 +378,7 @@ def predict(tuned: InstructionModel, ex: Examples) -> np.ndarray:
 def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256) -> np.ndarray:
     """Mean answer-token cross-entropy of each row with its trained ``target`` (the loss-based
     filter's score)."""
-    prompts = encode_prompts(tuned.tok, ex)
-    seqs = [p + a for p, a in zip(prompts, encode_answers(tuned.tok, ex.target))]
+    prompts, seqs = encode_sequences(tuned.tok, ex, tuned.model.cfg.block_size)
     out = np.zeros(len(ex))
     order = np.argsort([len(s) for s in seqs], kind="stable")
     for k in range(0, len(order), batch_size):
