@@ -15,8 +15,7 @@ from .corpus import ANSWERS, TASKS, Examples
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, poison_examples, triggered
 from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, example_losses, generate,
-                    instruction_tune,
-                    predict)
+                    instruction_tune, predict)
 
 
 def task_rows(ex: Examples, task: str) -> Examples:
