@@ -129,3 +129,11 @@ def _range(low: Any, high: Any, lo: str = "[", hi: str = "]") -> str:
     left = "-inf" if low is None else str(low)
     right = "inf" if high is None else str(high)
     return f"{lo}{left}, {right}{hi}"
+
+
+def check_optimizer_settings(config: Any) -> None:
+    """The settings every training config shares: ``batch_size``, ``lr``, ``weight_decay``, ``seed``."""
+    check_int("batch_size", config.batch_size, low=1)
+    check_float("lr", config.lr, low=0.0, low_open=True)
+    check_float("weight_decay", config.weight_decay, low=0.0)
+    check_int("seed", config.seed, low=0)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ._validate import check_choice, check_float, check_images, check_int, check_labels, check_nonempty
+from ._validate import check_choice, check_float, check_images, check_int, check_labels, check_nonempty, check_optimizer_settings
 from .io import IntegrityError, load_model, save_model, update_digest
 from .models import MLP, MODEL_NAMES, build_model
 from .paths import model_cache
@@ -96,10 +96,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        check_float("weight_decay", self.weight_decay, low=0.0)
-        check_int("seed", self.seed, low=0)
+        check_optimizer_settings(self)
         check_choice("augment", self.augment, ("none", "crop-flip"))
         check_float("label_smoothing", self.label_smoothing, low=0.0, high=0.99)
 

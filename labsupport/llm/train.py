@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._validate import check_float, check_int
+from .._validate import check_int, check_optimizer_settings
 from ..io import IntegrityError, load_model, save_model
 from ..paths import model_cache
 from ..training import configure_threads, pick_device
@@ -52,10 +52,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, low=1)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
         check_int("warmup", self.warmup, low=0)
-        check_int("seed", self.seed, low=0)
+        check_optimizer_settings(self)
 
 
 def pack(tok: TextTokenizer, texts: list[str], block_size: int) -> torch.Tensor:
@@ -229,10 +227,8 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, low=1)
-        check_int("batch_size", self.batch_size, low=1)
-        check_float("lr", self.lr, low=0.0, low_open=True)
         check_int("train_top", self.train_top, low=1)
-        check_int("seed", self.seed, low=0)
+        check_optimizer_settings(self)
 
 
 @dataclass
