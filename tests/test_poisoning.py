@@ -247,6 +247,14 @@ def test_prox_exercise_and_collision_moves_features():
         before = (net.features(bases) - net.features(targets)).norm(dim=1)
         after = (net.features(poisons) - net.features(targets)).norm(dim=1)
     assert (after < 0.5 * before).all() and poisons.min() >= 0 and poisons.max() <= 1
+    # a stronger pixel term keeps the poison nearer its base and its features further from the target's
+    tight = FC.craft_poisons(net, targets, bases, lr=0.1, beta0=1e-1, watermark=0.0)
+    with torch.no_grad():
+        after_tight = (net.features(tight) - net.features(targets)).norm(dim=1)
+    assert (after_tight > after).all()
+    assert ((tight - bases).flatten(1).norm(dim=1) < (poisons - bases).flatten(1).norm(dim=1)).all()
+    with pytest.raises(ValueError, match="beta0"):
+        FC.craft_poisons(net, targets, bases, beta0=-1.0)
     boxed = FC.craft_poisons(net, targets, bases, steps=50, lr=0.01, eps=0.05)
     assert (boxed - bases).abs().max() <= 0.05 + 1e-6
     with pytest.raises(ValueError, match="watermark"):
@@ -260,6 +268,7 @@ def test_poison_frogs_on_the_saved_setups():
     assert len(setups) == 50
     result = FC.poison_frogs(task, setups, progress=False)
     boxed = FC.poison_frogs(task, setups, eps=16 / 255, progress=False)
-    # measured 18 % ± 5 (the standardised benchmark's transfer figure is 22 %); the 70 % is not met
+    # measured 20 % ± 6 (the standardised benchmark's transfer figure is 22 %); the 70 % is not met
     assert result.rate >= 0.12 and result.ca_drop <= 0.5
     assert boxed.rate < result.rate
+    assert result.linf.shape == (250,) and (boxed.linf <= 16 / 255 + 1e-6).all()

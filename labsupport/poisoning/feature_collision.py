@@ -86,6 +86,7 @@ def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tens
     """
     check_int("steps", steps, low=1)
     check_float("lr", lr, low=0.0, low_open=True)
+    check_float("beta0", beta0, low=0.0)
     gamma = check_float("watermark", watermark, low=0.0, high=1.0, high_open=True)
     if eps is not None:
         check_float("eps", eps, low=0.0, high=1.0, low_open=True)
@@ -161,6 +162,7 @@ class FrogsResult:
     clean_accuracy: float
     poisons: torch.Tensor | None = None      # (setups × per_target, C, H, W), setup by setup
     base_rows: torch.Tensor | None = None    # their base images' rows in the transfer training set
+    linf: np.ndarray | None = None           # each poison's ℓ∞ distance from its base image
 
     @property
     def rate(self) -> float:
@@ -177,8 +179,9 @@ class FrogsResult:
         return float(100 * (self.clean_accuracy - self.accuracy.mean()))
 
     def __str__(self) -> str:
+        away = "" if self.linf is None else f", poisons {np.median(self.linf):.2f} from their bases (median ℓ∞)"
         return (f"{self.name}: success {100 * self.rate:.0f}% ± {100 * self.error_bar:.0f} "
-                f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points")
+                f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points{away}")
 
 
 def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,14 +198,15 @@ def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int,
 
 
 def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target: int = 5, watermark: float = 0.3,
-                 eps: float | None = None, steps: int = 500, lr: float = 0.003, seed: int = 0,
+                 eps: float | None = None, beta0: float = 0.25, steps: int = 500, lr: float = 0.003, seed: int = 0,
                  name: str | None = None, progress: bool = True) -> FrogsResult:
     """Craft ``per_target`` poisons per setup (bases from the transfer training set, which they
-    replace so the set's size is unchanged), retrain the head per setup, and score it."""
+    replace so the set's size is unchanged), retrain the head per setup, and score it.
+    ``beta0`` trades camouflage for collision (see :func:`craft_poisons`)."""
     check_int("per_target", per_target, low=1)
     t_rows, b_rows = base_rows(task, setups, per_target, seed)
     poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
-                            watermark=watermark, eps=eps, progress=progress)
+                            beta0=beta0, watermark=watermark, eps=eps, progress=progress)
     clean_head = fit_head(task)
     ftest = features(task.extractor, task.x_test)
     ftrain = features(task.extractor, task.x_train)
@@ -218,5 +222,6 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
         success[i] = int(head.logits(ftest[s["target"]][None]).argmax()) == s["base_class"]
         acc[i] = head.accuracy(ftest, task.y_test)
     label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
-                     + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else ""))
-    return FrogsResult(label, success, acc, clean_acc, poisons, b_rows)
+                     + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else "") + (f", β0 {beta0:g}" if beta0 != 0.25 else ""))
+    linf = (poisons - task.x_train[b_rows]).abs().flatten(1).amax(1).numpy()
+    return FrogsResult(label, success, acc, clean_acc, poisons, b_rows, linf)
