@@ -16,6 +16,7 @@ import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,6 +171,24 @@ class LeanAdamW:
                 m.masked_fill_(m.abs() < 1e-30, 0.0)
 
 
+@contextmanager
+def flush_denormals(dev: torch.device) -> Iterator[None]:
+    """Flush denormal floats to zero while training on CPU, then restore IEEE behaviour.
+
+    x86 CPUs compute on denormals ~100x slower (see :meth:`LeanAdamW.scrub_denormals`); besides
+    Adam's decaying moments they appear in the backward pass of tanh-GELU, which ran 4x slower
+    for it (13 ms vs 3 ms for a 1280 x 512 activation). Values below ~1e-38 change nothing.
+    """
+    if dev.type != "cpu":
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig,
                    extra_params: Iterable[torch.nn.Parameter] = ()) -> LeanAdamW | torch.optim.Optimizer:
     """AdamW over the model's (and any extra) trainable parameters: the lean fused version when
@@ -208,14 +227,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
     dev = pick_device(device)
     if dev.type == "cpu":
         configure_threads()
-        # Denormal floats cost ~100x on x86 (see LeanAdamW.scrub_denormals); flush them to zero
-        # while training, and restore IEEE behaviour afterwards for everything else.
-        torch.set_flush_denormal(True)
-    try:
+    with flush_denormals(dev):
         return _fit(model, x, y, config, dev, progress, batch_hook, extra_params, extra_loss, desc)
-    finally:
-        if dev.type == "cpu":
-            torch.set_flush_denormal(False)
 
 
 def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, dev: torch.device,

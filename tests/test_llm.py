@@ -95,6 +95,21 @@ def test_model_is_causal_and_projects_only_where_asked():
         m(torch.zeros(1, 17, dtype=torch.long))
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_embd=130, n_head=4), "n_head"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(block_size=-1), "block_size"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dropout=float("nan")), "dropout"),
+    (dict(gelu="relu"), "gelu"),
+])
+def test_model_config_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**kwargs)
+    with pytest.raises(TypeError, match="n_embd"):
+        GPTConfig(n_embd=128.0)
+
+
 def test_answer_mask_matches_exercise():
     checks.check_answer_mask(train.answer_mask)
     with pytest.raises(ValueError, match="total_len"):
