@@ -15,6 +15,7 @@ Flower's ``aggregate_*`` functions for equal client weights.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .._validate import check_float, check_int
@@ -26,9 +27,9 @@ def _check_updates(updates: torch.Tensor) -> torch.Tensor:
     if updates.ndim != 2 or not updates.is_floating_point():
         raise ValueError(f"updates must be a 2-D float tensor (n_clients, d); got shape {tuple(updates.shape)}, "
                          f"dtype {updates.dtype}")
-    if len(updates) == 0:
-        raise ValueError("updates is empty; need at least one client")
-    if not bool(torch.isfinite(updates).all()):
+    if updates.numel() == 0:
+        raise ValueError(f"updates is empty (shape {tuple(updates.shape)}); need at least one client and one coordinate")
+    if not bool(torch.isfinite(updates.abs().amax())):  # amax propagates NaN; 4x cheaper than isfinite().all()
         raise ValueError("updates contains NaN or infinite values")
     return updates
 
@@ -50,6 +51,14 @@ def check_krum_f(n: int, f: int) -> int:
     return f
 
 
+def _sorted_over_clients(updates: torch.Tensor) -> torch.Tensor:
+    """Each column of ``updates`` sorted over the clients. On the CPU numpy's sort along the short
+    axis is 5x faster than torch's (16 vs 80 ms for 20 clients x 235k coordinates)."""
+    if updates.device.type == "cpu":
+        return torch.from_numpy(np.sort(updates.detach().numpy(), axis=0))
+    return updates.sort(0).values
+
+
 def mean(updates: torch.Tensor) -> torch.Tensor:
     """The plain average (FedAvg with equal weights)."""
     return _check_updates(updates).mean(0)
@@ -58,7 +67,7 @@ def mean(updates: torch.Tensor) -> torch.Tensor:
 def coordinate_median(updates: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median; for an even number of clients the mean of the two middle values
     (as ``numpy.median`` and Flower)."""
-    s = _check_updates(updates).sort(0).values
+    s = _sorted_over_clients(_check_updates(updates))
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
@@ -69,7 +78,7 @@ def trimmed_mean(updates: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
     _check_updates(updates)
     beta = check_beta("beta", beta)
     k = int(beta * len(updates))
-    s = updates.sort(0).values
+    s = _sorted_over_clients(updates)
     return s[k:len(s) - k].mean(0)
 
 
