@@ -142,6 +142,26 @@ def html_table(rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+class Table:
+    """Rows of strings (the first is the header) shown as text (``print``) or HTML (notebooks);
+    ``data`` keeps the numbers behind them."""
+
+    def __init__(self, rows: Sequence[Sequence[str]], data: list[dict] | None = None) -> None:
+        self._rows = [list(r) for r in rows]
+        self.data = data or []
+
+    def rows(self) -> list[list[str]]:
+        return self._rows
+
+    def __str__(self) -> str:
+        return text_table(self.rows())
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return html_table(self.rows())
+
+
 class ReportTable:
     """A list of :class:`AttackReport` shown as text (``print``) or HTML (notebooks)."""
 

@@ -9,7 +9,7 @@ import torch
 
 import labsupport as ls
 from labsupport.defenses import clustering, neural_cleanse as nc, pruning, spectral, strip
-from labsupport.defenses.common import Detection, activations, check_classes
+from labsupport.defenses.common import Detection, activations, check_classes, standardize
 from labsupport.defenses.probe import ActivationProbe
 
 
@@ -43,6 +43,40 @@ def test_spectral_scores_centring_matters():
     centred = ls.auroc(torch.from_numpy(spectral.spectral_scores(f)), truth)
     uncentred = ls.auroc(torch.from_numpy(spectral.spectral_scores(f, center=False)), truth)
     assert centred > 0.99 and uncentred < centred
+
+
+def test_spectral_signatures_center_flag_reaches_the_score(small):
+    # normalising used to centre as well, which made center=False a no-op
+    model, x, y = ls.MLP(), small.x_test[:300], small.y_test[:300]
+    kw = dict(eps=0.1, layer="hidden.0", classes=[int(y[0])])
+    centred = spectral.spectral_signatures(model, x, y, center=True, **kw).scores
+    uncentred = spectral.spectral_signatures(model, x, y, center=False, **kw).scores
+    assert not torch.allclose(centred, uncentred)
+
+
+def test_que_scores_find_a_shift_the_top_direction_misses():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(1000, 20)) + 3.0 * rng.normal(size=(1000, 1))  # a factor shared by every unit
+    truth = np.zeros(1000, dtype=bool)
+    truth[:60] = True
+    f[truth, 5] += 6.0                                   # the poisons' shift, along one unit
+    t = torch.from_numpy(truth)
+    top = ls.auroc(torch.from_numpy(spectral.spectral_scores(standardize(f))), t)
+    assert top < 0.6                                     # the top direction is the shared factor
+    for alpha in (0.0, 4.0):                             # robust whitening removes it
+        assert ls.auroc(torch.from_numpy(spectral.que_scores(f, dims=10, alpha=alpha)), t) > 0.99
+    with pytest.raises(ValueError, match="alpha"):
+        spectral.que_scores(f, alpha=-1.0)
+    with pytest.raises(ValueError, match="dims"):
+        spectral.que_scores(f, dims=0)
+
+
+def test_reduce_ignores_dead_units():
+    rng = np.random.default_rng(0)
+    f = np.hstack([rng.normal(size=(300, 12)), np.zeros((300, 4))])   # ReLU units that never fire
+    for method in ("ica", "pca"):
+        z = clustering.reduce(f, method, dims=10)
+        assert z.shape == (300, 10) and np.isfinite(z).all()
 
 
 def test_separation_of_two_blobs_vs_one():
@@ -91,6 +125,8 @@ def test_activations_layers(small):
     (lambda m, x, y: activations(m, x, "conv9"), "layer='conv9' is not a layer of MLP"),
     (lambda m, x, y: spectral.spectral_signatures(m, x, y, eps=0.0), "eps=0.0 is out of range"),
     (lambda m, x, y: spectral.spectral_signatures(m, x, y, eps=1.5), "eps=1.5 is out of range"),
+    (lambda m, x, y: spectral.spectre(m, x, y, eps=-0.1), "eps=-0.1 is out of range"),
+    (lambda m, x, y: spectral.spectre(m, x, y, eps=0.1, alpha=float("nan")), "alpha"),
     (lambda m, x, y: strip.Strip.fit(m, x, frr=1.0), "frr=1.0 is out of range"),
     (lambda m, x, y: strip.Strip.fit(m, x, n=0), "n=0 is out of range"),
     (lambda m, x, y: strip.strip_entropy(m, x * 255, x, n=2), "0-255"),
@@ -139,11 +175,36 @@ def reference(fmnist):
     return model, poisoned, trig, xd, yd, xe, ye
 
 
-@pytest.mark.slow
-def test_activation_clustering_finds_the_patch_poisons(reference):
+@pytest.fixture(scope="module")
+def reference_seeds(fmnist, reference):
+    """The reference model and two more trained with other seeds: a detector's result on one
+    trained model says little (see test_spectre_is_stable_where_spectral_signatures_are_not)."""
     model, poisoned, *_ = reference
-    out = clustering.activation_clustering(model, poisoned.x, poisoned.y).evaluate(poisoned.mask)
-    assert out["recall"] >= 0.8 and out["precision"] >= 0.9, out
+    others = [ls.train_model("mlp", poisoned.x, poisoned.y, ls.TrainConfig(epochs=5, batch_size=128, lr=2e-3, seed=s),
+                             progress=False) for s in (1, 2)]
+    return [model, *others], poisoned
+
+
+@pytest.mark.slow
+def test_activation_clustering_finds_the_patch_poisons(reference_seeds):
+    models, poisoned = reference_seeds
+    rows = poisoned.y == 9
+    for model in models:
+        det = clustering.activation_clustering(model, poisoned.x, poisoned.y)
+        info = det.info["classes"][9]
+        # the suspect cluster of class 9 is the poisons: its relative distance ranks them (the +2
+        # for a flagged class shifts every row of the class alike)
+        assert ls.auroc(det.scores[rows], poisoned.mask[rows]) >= 0.98, info
+        suspect = det.scores[rows] - (2.0 if info["poisoned"] else 0.0) > 0
+        truth = poisoned.mask[rows]
+        assert (suspect & truth).sum() >= 0.95 * suspect.sum(), info       # the cluster is poison
+        if info["poisoned"]:
+            out = det.evaluate(poisoned.mask)
+            assert out["precision"] >= 0.9, out
+    # what these seeds do not give reliably is the issue's recall >= 0.8 at 1 %: k-means leaves
+    # 2-24 % of the poisons in the clean cluster, and the separation rule's verdict on class 9
+    # (Fisher's ratio 9.8-18.6 over five seeds, threshold 12) flags it in two of five (BENCHMARKS.md)
+    model = models[0]
     # the toolkit default (logit layer, smaller cluster < 35 %) is near chance here
     logits = clustering.activation_clustering(model, poisoned.x, poisoned.y, layer="logits", rule="size",
                                               weighted=False).evaluate(poisoned.mask)
@@ -151,12 +212,18 @@ def test_activation_clustering_finds_the_patch_poisons(reference):
 
 
 @pytest.mark.slow
-def test_spectral_signature_ranks_poisons_on_the_first_hidden_layer(reference):
-    model, poisoned, *_ = reference
-    det = spectral.spectral_signatures(model, poisoned.x, poisoned.y, eps=0.1, layer="hidden.0", classes=[9])
+def test_spectre_is_stable_where_spectral_signatures_are_not(reference_seeds):
+    models, poisoned = reference_seeds
     rows = poisoned.y == 9
-    assert ls.auroc(det.scores[rows], poisoned.mask[rows]) >= 0.95
-    assert det.evaluate(poisoned.mask)["recall"] >= 0.85
+    plain, robust = [], []
+    for model in models:
+        kw = dict(eps=0.1, layer="hidden.0", classes=[9])
+        plain.append(ls.auroc(spectral.spectral_signatures(model, poisoned.x, poisoned.y, **kw).scores[rows],
+                              poisoned.mask[rows]))
+        det = spectral.spectre(model, poisoned.x, poisoned.y, **kw)
+        robust.append(ls.auroc(det.scores[rows], poisoned.mask[rows]))
+        assert det.evaluate(poisoned.mask)["recall"] >= 0.95
+    assert min(robust) >= 0.99 and min(robust) >= max(plain) - 0.01, (plain, robust)
 
 
 @pytest.mark.slow
@@ -185,3 +252,27 @@ def test_probe_separates_triggered_activations(reference):
     det = probe.detect(model, torch.cat([xd[1000:], trig(xd[1000:])]))
     truth = torch.cat([torch.zeros(1000, dtype=torch.bool), torch.ones(1000, dtype=torch.bool)])
     assert det.evaluate(truth)["auroc"] >= 0.95
+
+
+@pytest.mark.slow
+def test_defense_matrix_and_seed_spread_on_a_subset(fmnist):
+    from labsupport.defenses import matrix
+    part = fmnist.subset(6000, 3000, seed=0)
+    mx = matrix.run_matrix(part, attacks=("BadNets",), rates=(0.01, 0.1), defenses=("SPECTRE", "STRIP", "fine-pruning"),
+                           progress=False)
+    assert mx.defenses == ["SPECTRE", "STRIP", "fine-pruning"] and mx.columns == [("BadNets", 0.01), ("BadNets", 0.1)]
+    assert len(mx.rows()) == 1 + 6 and "ASR after" in str(mx) and "<table>" in mx._repr_html_()
+    for rate in (0.01, 0.1):
+        ca, asr = mx.before[("BadNets", rate)]
+        assert asr >= 0.8                                      # there is a backdoor to remove
+        assert mx.get("SPECTRE", "BadNets", rate, "asr_after") < asr / 2
+        assert np.isnan(mx.get("fine-pruning", "BadNets", rate, "recall"))
+    with pytest.raises(ValueError, match="metric"):
+        mx.get("STRIP", "BadNets", 0.1, "accuracy")
+    with pytest.raises(ValueError, match="attacks"):
+        matrix.run_matrix(part, attacks=("BadNots",), progress=False)
+    spread = matrix.seed_spread(part, rates=(0.1,), seeds=(0, 1))
+    assert len(spread.rows()) == 3 and len(spread.data) == 2
+    for row in spread.data:
+        assert 0 <= row["ac_precision"] <= 1 and 0 <= row["ac_recall"] <= 1
+        assert row["spectre_auroc"] > row["ss_auroc"]

@@ -32,7 +32,7 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 
 from .._validate import check_choice, check_float, check_int
-from .common import Detection, activations, check_classes, check_data
+from .common import Detection, activations, check_classes, check_data, one_thread
 
 RULES = ("size", "silhouette", "separation")
 REDUCTIONS = ("ica", "pca", "none")
@@ -42,6 +42,8 @@ def reduce(features: np.ndarray, method: str = "ica", dims: int = 10, seed: int 
     """Centre ``features`` and reduce them to ``dims`` columns with FastICA or PCA (``"none"``: centre only)."""
     check_choice("reduce", method, REDUCTIONS)
     centred = features - features.mean(0)
+    live = centred.std(0) > 1e-6 * (centred.std(0).max() + 1e-30)
+    centred = centred[:, live] if live.any() else centred  # dead units (always 0) make FastICA return NaN
     dims = min(check_int("dims", dims, low=1), *centred.shape)
     if method == "none":
         return centred
@@ -101,29 +103,30 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     scores = torch.full((len(y),), -1.0, dtype=torch.float64)
     flags = torch.zeros(len(y), dtype=torch.bool)
     per_class, embedding = {}, {}
-    for c in classes:
-        rows = torch.nonzero(y == c).flatten()
-        f = feats[rows.numpy()]
-        if weighted and layer == "penultimate":
-            f = f * head[c]
-        z = reduce(f, method, dims, seed)
-        km = KMeans(2, n_init=10, random_state=seed).fit(z)
-        lab = km.labels_
-        sizes = np.bincount(lab, minlength=2)
-        sample = min(len(z), 2000)
-        sil = float(silhouette_score(z, lab, sample_size=sample, random_state=seed)) if sizes.min() > 0 else 0.0
-        share = sizes / sizes.sum()
-        suspect = int(np.argmin(sizes))
-        sep = separation(z, lab, km.cluster_centers_)
-        poisoned = {"size": share[suspect] < size_threshold, "silhouette": sil >= silhouette_threshold,
-                    "separation": sep >= separation_threshold}[rule]
-        d = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
-        rel = (d[:, 1 - suspect] - d[:, suspect]) / (d.sum(1) + 1e-12)
-        scores[rows] = torch.from_numpy(rel.astype(np.float64)) + (2.0 if poisoned else 0.0)
-        if poisoned:
-            flags[rows[torch.from_numpy(lab == suspect)]] = True
-        per_class[c] = {"sizes": sizes.tolist(), "silhouette": sil, "separation": sep,
-                        "suspect": suspect, "poisoned": bool(poisoned)}
-        embedding[c] = (z[:, :2], lab == suspect)
+    with one_thread():
+        for c in classes:
+            rows = torch.nonzero(y == c).flatten()
+            f = feats[rows.numpy()]
+            if weighted and layer == "penultimate":
+                f = f * head[c]
+            z = reduce(f, method, dims, seed)
+            km = KMeans(2, n_init=10, random_state=seed).fit(z)
+            lab = km.labels_
+            sizes = np.bincount(lab, minlength=2)
+            sample = min(len(z), 2000)
+            sil = float(silhouette_score(z, lab, sample_size=sample, random_state=seed)) if sizes.min() > 0 else 0.0
+            share = sizes / sizes.sum()
+            suspect = int(np.argmin(sizes))
+            sep = separation(z, lab, km.cluster_centers_)
+            poisoned = {"size": share[suspect] < size_threshold, "silhouette": sil >= silhouette_threshold,
+                        "separation": sep >= separation_threshold}[rule]
+            d = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
+            rel = (d[:, 1 - suspect] - d[:, suspect]) / (d.sum(1) + 1e-12)
+            scores[rows] = torch.from_numpy(rel.astype(np.float64)) + (2.0 if poisoned else 0.0)
+            if poisoned:
+                flags[rows[torch.from_numpy(lab == suspect)]] = True
+            per_class[c] = {"sizes": sizes.tolist(), "silhouette": sil, "separation": sep,
+                            "suspect": suspect, "poisoned": bool(poisoned)}
+            embedding[c] = (z[:, :2], lab == suspect)
     name = f"activation clustering ({layer}{', weighted' if weighted and layer == 'penultimate' else ''}, {method}, {rule})"
     return Detection(name, scores, flags, {"classes": per_class, "embedding": embedding})

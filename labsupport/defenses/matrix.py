@@ -5,7 +5,9 @@ Rows are (defense, attack, rate). What "after" means depends on the defense:
 
 The default attacks are those the course MLP learns (:data:`MLP_ATTACKS`).
 
-* activation clustering, spectral signatures - drop the flagged training rows and retrain;
+* activation clustering, spectral signatures, SPECTRE - drop the flagged training rows and retrain
+  (the spectral defenses remove 1.5 eps of every class, eps = the target class's poisoned share,
+  which a real defender must guess);
 * STRIP, activation probe - input filters at test time: a rejected input counts as a failed
   attack and, for clean inputs, as an error;
 * Neural Cleanse - unlearn the flagged labels (nothing flagged: the model is unchanged);
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -27,22 +29,22 @@ from .. import backdoor as bd
 from .. import triggers as tr
 from .._validate import check_choice, check_rate
 from ..data import ImageData
-from ..experiments import html_table, text_table
-from ..metrics import attack_success_rate, clean_accuracy
+from ..experiments import Table, html_table, text_table
+from ..metrics import attack_success_rate, auroc, clean_accuracy
 from ..training import TrainConfig, predict, train_model
 from .clustering import activation_clustering
 from .neural_cleanse import reverse_engineer, unlearn
 from .probe import ActivationProbe
 from .pruning import fine_prune
-from .spectral import spectral_signatures
+from .spectral import spectral_signatures, spectre
 from .strip import Strip
 
 ATTACKS = ("BadNets", "blended", "random location", "clean-label", "composite", "BaN")
 #: the attacks the course MLP learns (random-location and BaN triggers need a convolutional model:
 #: on the MLP their ASR stays at 3-27 %, so there is no backdoor to detect)
 MLP_ATTACKS = ("BadNets", "blended", "clean-label", "composite")
-DEFENSES = ("activation clustering", "spectral signatures", "STRIP", "activation probe", "Neural Cleanse",
-            "fine-pruning")
+DEFENSES = ("activation clustering", "spectral signatures", "SPECTRE", "STRIP", "activation probe",
+            "Neural Cleanse", "fine-pruning")
 METRICS = ("recall", "precision", "fpr", "ca_after", "asr_after", "seconds")
 
 
@@ -106,6 +108,8 @@ class DefenseMatrix:
     def __str__(self) -> str:
         return text_table(self.rows())
 
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         return html_table(self.rows())
 
@@ -153,13 +157,14 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
         for defense in defenses:
             t0 = time.perf_counter()
             m = {"recall": float("nan"), "precision": float("nan"), "fpr": float("nan")}
-            if defense in ("activation clustering", "spectral signatures"):
+            if defense in ("activation clustering", "spectral signatures", "SPECTRE"):
+                eps = min(max(float(poisoned.mask[poisoned.y == target].float().mean()), 0.01), 0.6)
                 if defense == "activation clustering":
                     det = activation_clustering(model, poisoned.x, poisoned.y, seed=seed)
+                elif defense == "spectral signatures":
+                    det = spectral_signatures(model, poisoned.x, poisoned.y, eps=eps, layer="hidden.0")
                 else:
-                    in_class = float(poisoned.mask[poisoned.y == target].float().mean())
-                    det = spectral_signatures(model, poisoned.x, poisoned.y, eps=min(max(in_class, 0.01), 0.6),
-                                              layer="hidden.0")
+                    det = spectre(model, poisoned.x, poisoned.y, eps=eps, layer="hidden.0", seed=seed)
                 m.update({k: v for k, v in det.evaluate(poisoned.mask).items() if k in ("recall", "precision", "fpr")})
                 kept = ~det.flags
                 after = train_model("mlp", poisoned.x[kept], poisoned.y[kept], config, progress=False)
@@ -195,3 +200,42 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
             m["seconds"] = time.perf_counter() - t0
             out.cells[(defense, attack, rate)] = m
     return out
+
+
+def seed_spread(data: ImageData, *, attack: str = "BadNets", rates: Sequence[float] = (0.01, 0.1),
+                seeds: Sequence[int] = (0, 1, 2), target: int = 9,
+                config: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=2e-3)) -> Table:
+    """The same poisoned set, models trained with different seeds: how much the data-inspection
+    detectors' results on the target class move with nothing but the training seed.
+
+    Per (rate, seed): activation clustering's suspect cluster (precision / recall of the poisons in
+    it), its Fisher separation and verdict (threshold 12), and the within-class AUROC of spectral
+    signatures (``hidden.0``) and of SPECTRE.
+    """
+    for r in rates:
+        check_rate("rates", r)
+    header = ["rate", "seed", "AC cluster precision", "AC cluster recall", "AC separation", "AC verdict",
+              "SS AUROC", "SPECTRE AUROC"]
+    rows, data_rows = [header], []
+    for rate in rates:
+        poisoned, _ = make_attack(attack, data, rate, target, config)
+        cls = poisoned.y == target
+        truth = poisoned.mask[cls]
+        eps = min(max(float(truth.float().mean()), 0.01), 0.6)
+        for seed in seeds:
+            model = train_model("mlp", poisoned.x, poisoned.y, replace(config, seed=seed), progress=False)
+            ac = activation_clustering(model, poisoned.x, poisoned.y, classes=[target])
+            info = ac.info["classes"][target]
+            in_cluster = torch.from_numpy(ac.info["embedding"][target][1])
+            hit = int((in_cluster & truth).sum())
+            kw = dict(eps=eps, layer="hidden.0", classes=[target])
+            row = {"rate": rate, "seed": seed, "ac_precision": hit / max(int(in_cluster.sum()), 1),
+                   "ac_recall": hit / max(int(truth.sum()), 1), "separation": info["separation"],
+                   "flagged": info["poisoned"],
+                   "ss_auroc": auroc(spectral_signatures(model, poisoned.x, poisoned.y, **kw).scores[cls], truth),
+                   "spectre_auroc": auroc(spectre(model, poisoned.x, poisoned.y, **kw).scores[cls], truth)}
+            data_rows.append(row)
+            rows.append([f"{100 * rate:g}%", str(seed), f"{row['ac_precision']:.2f}", f"{row['ac_recall']:.2f}",
+                         f"{row['separation']:.1f}", "poisoned" if row["flagged"] else "clean",
+                         f"{row['ss_auroc']:.3f}", f"{row['spectre_auroc']:.3f}"])
+    return Table(rows, data_rows)
