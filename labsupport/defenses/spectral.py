@@ -28,7 +28,6 @@ from .._validate import check_float, check_int
 from .common import Detection, activations, check_classes, check_data, check_open_fraction, one_thread, standardize
 
 
-
 def spectral_scores(features: np.ndarray, *, center: bool = True) -> np.ndarray:
     """The squared projection of each row of ``features`` (one class) on the top right singular
     vector of the (centred) matrix."""
