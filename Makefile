@@ -22,7 +22,7 @@ endif
 test:
 	@bash scripts/setup.sh --test
 	rm -rf $(TEST_MODELS)
-	LABSUPPORT_MODELS=$(TEST_MODELS) $(BIN)/python -m pytest tests solutions --nbval-lax -p no:cacheprovider
+	LABSUPPORT_MODELS=$(TEST_MODELS) $(BIN)/python -m pytest tests solutions --nbval-lax -p no:cacheprovider --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py
