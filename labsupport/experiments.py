@@ -142,9 +142,24 @@ def html_table(rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-class Table:
-    """Rows of strings (the first is the header) shown as text (``print``) or HTML (notebooks);
-    ``data`` keeps the numbers behind them."""
+class TableView:
+    """Shows a table as text (``print``, ``repr``) or HTML (notebooks) from ``rows()``: rows of
+    strings, the first the header."""
+
+    def rows(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return text_table(self.rows())
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return html_table(self.rows())
+
+
+class Table(TableView):
+    """Fixed rows of strings; ``data`` keeps the numbers behind them."""
 
     def __init__(self, rows: Sequence[Sequence[str]], data: list[dict] | None = None) -> None:
         self._rows = [list(r) for r in rows]
@@ -153,16 +168,8 @@ class Table:
     def rows(self) -> list[list[str]]:
         return self._rows
 
-    def __str__(self) -> str:
-        return text_table(self.rows())
 
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return html_table(self.rows())
-
-
-class ReportTable:
+class ReportTable(TableView):
     """A list of :class:`AttackReport` shown as text (``print``) or HTML (notebooks)."""
 
     def __init__(self, reports: Sequence[AttackReport]) -> None:
@@ -170,14 +177,6 @@ class ReportTable:
 
     def rows(self) -> list[list[str]]:
         return [HEADER] + [r.row() for r in self.reports]
-
-    def __str__(self) -> str:
-        return text_table(self.rows())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return html_table(self.rows())
 
 
 def evaluate_backdoor(attack: str, model: nn.Module, baseline: nn.Module, data: ImageData,

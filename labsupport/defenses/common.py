@@ -149,10 +149,15 @@ def check_classes(y: torch.Tensor, classes: list[int] | None, min_rows: int) -> 
     return classes
 
 
+def scale(a: np.ndarray) -> np.ndarray:
+    """Each column divided by its standard deviation (constant columns left as they are), not centred."""
+    sd = a.std(0)
+    return a / np.where(sd > 1e-6, sd, 1.0)
+
+
 def standardize(a: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per column (constant columns left at 0)."""
-    sd = a.std(0)
-    return (a - a.mean(0)) / np.where(sd > 1e-6, sd, 1.0)
+    return scale(a - a.mean(0))
 
 
 def one_thread() -> threadpool_limits:

@@ -38,7 +38,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_class, check_float, check_images, check_int, check_labels, check_rate
-from ..experiments import html_table, text_table
+from ..experiments import TableView
 from ..models import MLP
 from . import aggregation
 
@@ -477,8 +477,8 @@ def simulate(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: tor
 # Every rule against every attack
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class FedMatrix:
+@dataclass(repr=False)
+class FedMatrix(TableView):
     """Results of :func:`run_matrix`: ``results[(rule, attack)]`` and the warm-up accuracy."""
 
     rules: tuple[str, ...]
@@ -503,14 +503,6 @@ class FedMatrix:
                 row.append(f"{100 * self.results[(r, 'backdoor')].final_asr:.1f}{base}")
             out.append(row)
         return out
-
-    def __str__(self) -> str:
-        return text_table(self.rows())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return html_table(self.rows())
 
 
 def run_matrix(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,

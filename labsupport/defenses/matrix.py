@@ -29,7 +29,7 @@ from .. import backdoor as bd
 from .. import triggers as tr
 from .._validate import check_choice, check_rate
 from ..data import ImageData
-from ..experiments import Table, html_table, text_table
+from ..experiments import Table, TableView
 from ..metrics import attack_success_rate, auroc, clean_accuracy
 from ..training import TrainConfig, predict, train_model
 from .clustering import activation_clustering
@@ -75,8 +75,8 @@ def make_attack(name: str, data: ImageData, rate: float, target: int, config: Tr
     return poisoned, model
 
 
-@dataclass
-class DefenseMatrix:
+@dataclass(repr=False)
+class DefenseMatrix(TableView):
     """Results: ``cells[(defense, attack, rate)]`` -> metrics; ``before[(attack, rate)]`` -> (CA, ASR)."""
 
     cells: dict = field(default_factory=dict)
@@ -104,14 +104,6 @@ class DefenseMatrix:
             out.append([d, a, f"{100 * r:g}%", pct(m["recall"]), pct(m["precision"]), pct(m["fpr"]), pct(ca),
                         pct(m["ca_after"]), pct(asr), pct(m["asr_after"]), f"{m['seconds']:.1f}"])
         return out
-
-    def __str__(self) -> str:
-        return text_table(self.rows())
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return html_table(self.rows())
 
 
 def _target_share(poisoned: bd.PoisonedSet, target: int) -> float:

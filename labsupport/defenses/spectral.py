@@ -25,7 +25,8 @@ from sklearn.covariance import MinCovDet
 from torch import nn
 
 from .._validate import check_float, check_int
-from .common import Detection, activations, check_classes, check_data, check_open_fraction, one_thread, standardize
+from .common import (Detection, activations, check_classes, check_data, check_open_fraction, one_thread, scale,
+                     standardize)
 
 
 def spectral_scores(features: np.ndarray, *, center: bool = True) -> np.ndarray:
@@ -56,7 +57,7 @@ def spectral_signatures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     classes = check_classes(y, classes, min_rows=2)
     feats = activations(model, x, layer).numpy().astype(np.float64)
     scores, flags = _flag_top(y, classes, n_remove,
-                              lambda f: spectral_scores(_scale(f) if normalize else f, center=center), feats)
+                              lambda f: spectral_scores(scale(f) if normalize else f, center=center), feats)
     name = f"spectral signatures ({layer}, {'centred' if center else 'uncentred'}, eps={eps:g})"
     return Detection(name, scores, flags, {"eps": eps, "removed_fraction": n_remove})
 
@@ -77,7 +78,7 @@ def que_scores(features: np.ndarray, *, dims: int = 16, alpha: float = 4.0, fit_
     dims = check_int("dims", dims, low=1)
     alpha = check_float("alpha", alpha, low=0.0)
     a = standardize(np.asarray(features, dtype=np.float64))
-    _, _, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
+    _, _, vt = np.linalg.svd(a, full_matrices=False)
     z = a @ vt[:min(dims, len(vt))].T
     fit = z
     if fit_rows is not None and len(z) > check_int("fit_rows", fit_rows, low=2 * z.shape[1]):
@@ -126,8 +127,3 @@ def _flag_top(y: torch.Tensor, classes: list[int], fraction: float, score: Calla
             flags[rows[torch.from_numpy(np.argsort(-s)[:k].copy())]] = True
     return scores, flags
 
-
-def _scale(a: np.ndarray) -> np.ndarray:
-    """Each column divided by its standard deviation (constant columns left as they are), not centred."""
-    sd = a.std(0)
-    return a / np.where(sd > 1e-6, sd, 1.0)
