@@ -73,13 +73,15 @@ def fit_head(task: TransferTask) -> Linear:
 
 
 def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tensor, *, steps: int = 500,
-                  lr: float = 0.003, beta0: float = 0.25, watermark: float = 0.0, eps: float | None = None,
+                  lr: float = 0.01, beta0: float = 0.25, watermark: float = 0.0, eps: float | None = None,
                   progress: bool = False) -> torch.Tensor:
     """One poison per (target, base) row pair, all crafted at once.
 
     Args:
         targets, bases: images (P, C, H, W); poison i collides with target i starting from base i.
-        steps, lr: forward–backward iterations and the step size λ of the forward step.
+        steps, lr: forward–backward iterations and the initial step size λ of the forward step. Each
+            poison's λ adapts, as in the paper's code: a step that raises that poison's objective is
+            rejected and λ halved; an accepted step grows λ by 1.2.
         beta0: the pixel-closeness weight before the (2048 / dim b)² scaling.
         watermark: opacity γ of the target blended into the base (0 = none; the paper: 0.2–0.3).
         eps: if set, an ℓ∞ budget around the base replaces the proximal step (projection).
@@ -91,22 +93,34 @@ def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tens
     if eps is not None:
         check_float("eps", eps, low=0.0, high=1.0, low_open=True)
     base = ((1 - gamma) * bases + gamma * targets).clamp(0, 1)
-    beta = beta0 * (2048 / base[0].numel()) ** 2
+    beta = 0.0 if eps is not None else beta0 * (2048 / base[0].numel()) ** 2
     with torch.no_grad():
         goal = extractor.features(targets)
-    x = base.clone()
+
+    def objective(x: torch.Tensor) -> torch.Tensor:   # per poison
+        return ((extractor.features(x) - goal) ** 2).sum(1) + beta * ((x - base) ** 2).flatten(1).sum(1)
+
+    x = base.clone() if eps is None else torch.minimum(torch.maximum(base, bases - eps), bases + eps)
+    lam = torch.full((len(x), 1, 1, 1), float(lr))
+    with torch.no_grad():
+        current = objective(x)
     for _ in tqdm(range(steps), desc="feature collision", disable=not progress):
         x.requires_grad_(True)
-        loss = ((extractor.features(x) - goal) ** 2).sum()
-        (grad,) = torch.autograd.grad(loss, x)
+        (grad,) = torch.autograd.grad(((extractor.features(x) - goal) ** 2).sum(), x)
         with torch.no_grad():
-            x = x - lr * grad
+            x = x.detach()
+            step = x - lam * grad                                  # forward: the feature term
             if eps is None:
-                x = (x + lr * beta * base) / (1 + lr * beta)
+                step = (step + lam * beta * base) / (1 + lam * beta)   # backward: the pixel term's prox
             else:
-                x = torch.minimum(torch.maximum(x, bases - eps), bases + eps)
-            x = x.clamp(0, 1)
-    return x.detach()
+                step = torch.minimum(torch.maximum(step, bases - eps), bases + eps)
+            step = step.clamp(0, 1)
+            value = objective(step)
+            better = value <= current
+            x = torch.where(better[:, None, None, None], step, x)
+            current = torch.where(better, value, current)
+            lam = torch.where(better[:, None, None, None], lam * 1.2, lam * 0.5)
+    return x
 
 
 def make_setups(task: TransferTask, n: int = 50, seed: int = 0) -> list[dict[str, int]]:
@@ -163,6 +177,7 @@ class FrogsResult:
     poisons: torch.Tensor | None = None      # (setups × per_target, C, H, W), setup by setup
     base_rows: torch.Tensor | None = None    # their base images' rows in the transfer training set
     linf: np.ndarray | None = None           # each poison's ℓ∞ distance from its base image
+    collision: np.ndarray | None = None      # ‖f(poison) − f(target)‖ / ‖f(base) − f(target)‖ per poison
 
     @property
     def rate(self) -> float:
@@ -180,6 +195,8 @@ class FrogsResult:
 
     def __str__(self) -> str:
         away = "" if self.linf is None else f", poisons {np.median(self.linf):.2f} from their bases (median ℓ∞)"
+        if self.collision is not None:
+            away += f", feature distance to the target {np.median(self.collision):.3f} of the base's (median)"
         return (f"{self.name}: success {100 * self.rate:.0f}% ± {100 * self.error_bar:.0f} "
                 f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points{away}")
 
@@ -198,7 +215,7 @@ def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int,
 
 
 def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target: int = 5, watermark: float = 0.3,
-                 eps: float | None = None, beta0: float = 0.25, steps: int = 500, lr: float = 0.003, seed: int = 0,
+                 eps: float | None = None, beta0: float = 0.25, steps: int = 500, lr: float = 0.01, seed: int = 0,
                  name: str | None = None, progress: bool = True) -> FrogsResult:
     """Craft ``per_target`` poisons per setup (bases from the transfer training set, which they
     replace so the set's size is unchanged), retrain the head per setup, and score it.
@@ -224,4 +241,7 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
                      + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else "") + (f", β0 {beta0:g}" if beta0 != 0.25 else ""))
     linf = (poisons - task.x_train[b_rows]).abs().flatten(1).amax(1).numpy()
-    return FrogsResult(label, success, acc, clean_acc, poisons, b_rows, linf)
+    goal = features(task.extractor, task.x_test[t_rows])
+    collision = ((features(task.extractor, poisons) - goal).norm(dim=1)
+                 / (features(task.extractor, task.x_train[b_rows]) - goal).norm(dim=1)).numpy()
+    return FrogsResult(label, success, acc, clean_acc, poisons, b_rows, linf, collision)
