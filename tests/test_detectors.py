@@ -10,6 +10,7 @@ import torch
 import labsupport as ls
 from labsupport.defenses import clustering, neural_cleanse as nc, pruning, spectral, strip
 from labsupport.defenses.common import Detection, activations, check_classes, standardize
+from labsupport.defenses import probe as probe_mod
 from labsupport.defenses.probe import ActivationProbe
 
 
@@ -255,6 +256,27 @@ def test_probe_separates_triggered_activations(reference):
 
 
 @pytest.mark.slow
+def test_probe_catches_a_trigger_it_never_saw_when_the_backdoor_fires(fmnist, reference):
+    model, poisoned, patch, xd, *_ = reference
+    blend = ls.Blend(ls.noise_key((1, 28, 28), seed=0), alpha=0.2)
+    # a second backdoor to the same target: the probe trained on one trigger catches the other
+    both = ls.badnets(poisoned.x, poisoned.y, blend, 9, rate=0.01, seed=1)
+    two = ls.train_model("mlp", both.x, both.y, ls.TrainConfig(epochs=5, batch_size=128, lr=2e-3), progress=False)
+    table = probe_mod.cross_trigger(two, xd[:1000], xd[1000:], {"patch": patch, "blend": blend})
+    cells = {(d["train"], d["test"]): d for d in table.data}
+    for pair in (("patch", "blend"), ("blend", "patch")):
+        assert cells[pair]["auroc"] >= 0.95 and cells[pair]["recall"] >= 0.9, cells[pair]
+    assert len(table.rows()) == 3 and "AUROC" in str(table)
+    # on the patch-only model the blend fires nothing: the patch-trained probe lets it through
+    # (it learned the backdoor's activations, not "an unusual input")
+    single = {(d["train"], d["test"]): d for d in probe_mod.cross_trigger(model, xd[:1000], xd[1000:],
+                                                                          {"patch": patch, "blend": blend}).data}
+    assert single[("patch", "patch")]["auroc"] >= 0.95 and single[("patch", "blend")]["recall"] < 0.5, single
+    with pytest.raises(ValueError, match="triggers"):
+        probe_mod.cross_trigger(model, xd[:10], xd[10:20], {})
+
+
+@pytest.mark.slow
 def test_defense_matrix_and_seed_spread_on_a_subset(fmnist):
     from labsupport.defenses import matrix
     part = fmnist.subset(6000, 3000, seed=0)
@@ -276,3 +298,58 @@ def test_defense_matrix_and_seed_spread_on_a_subset(fmnist):
     for row in spread.data:
         assert 0 <= row["ac_precision"] <= 1 and 0 <= row["ac_recall"] <= 1
         assert row["spectre_auroc"] > row["ss_auroc"]
+
+
+# --- SCALE-UP --------------------------------------------------------------------------------------
+
+class _Brightness(torch.nn.Module):
+    """Class 1 when the mean pixel exceeds 0.3: amplifying a dim clean image moves it to class 1,
+    an image carrying a bright trigger is class 1 at every scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([self.offset - m, m - self.offset], 1)
+
+
+def test_scale_up_flags_inputs_whose_prediction_survives_amplification():
+    from labsupport.defenses import scale_up as su
+    gen = torch.Generator().manual_seed(0)
+    clean = 0.1 * torch.rand(200, 1, 8, 8, generator=gen)            # mean 0.05: class 0
+    trig = clean.clone()
+    trig[:, :, :5, :] = 1.0                                           # mean > 0.6: class 1
+    model = _Brightness()
+    spc, pred = su.spc(model, torch.cat([clean, trig]))
+    assert (pred[:200] == 0).all() and (pred[200:] == 1).all()
+    assert (spc[200:] == 1).all() and spc[:200].mean() < 0.5
+    # by hand: ×3 keeps the mean at ≤ 0.15 (class 0), ×5 … ×11 push most clean images past 0.3
+    expect = torch.stack([(su.predict(model, (n * clean).clamp(0, 1)) == 0).float() for n in su.SCALES]).mean(0)
+    assert torch.equal(spc[:200], expect)
+    truth = torch.cat([torch.zeros(200, dtype=torch.bool), torch.ones(200, dtype=torch.bool)])
+    assert su.ScaleUp(model).detect(torch.cat([clean, trig])).evaluate(truth)["auroc"] == 1.0
+    with pytest.raises(ValueError, match="scales"):
+        su.spc(model, clean, scales=(1.0, 3.0))
+    with pytest.raises(ValueError, match="fpr"):
+        su.ScaleUp.fit(model, clean, fpr=1.5)
+    bad = clean.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        su.spc(model, bad)
+
+
+@pytest.mark.slow
+def test_scale_up_is_blind_on_fashion_mnist(reference):
+    """SCALE-UP assumes amplification destroys a clean image. Fashion-MNIST's black background
+    survives it: a scaled garment is still its silhouette, clean images keep their prediction, and
+    the detector cannot tell them from triggered ones (measured: clean SPC 0.91, AUROC 0.11-0.54)."""
+    from labsupport.defenses import scale_up as su
+    model, _, trig, xd, yd, xe, ye = reference
+    x = xe[:1000][ye[:1000] != 9]
+    spc, _ = su.spc(model, x)
+    assert spc.mean() >= 0.8
+    truth = torch.cat([torch.zeros(len(x), dtype=torch.bool), torch.ones(len(x), dtype=torch.bool)])
+    out = su.ScaleUp.fit(model, xd).detect(torch.cat([x, trig(x)])).evaluate(truth)
+    assert out["auroc"] < 0.7 and out["fpr"] <= 0.1, out

@@ -8,8 +8,8 @@ The default attacks are those the course MLP learns (:data:`MLP_ATTACKS`).
 * activation clustering, spectral signatures, SPECTRE - drop the flagged training rows and retrain
   (the spectral defenses remove 1.5 eps of every class, eps = the target class's poisoned share,
   which a real defender must guess);
-* STRIP, activation probe - input filters at test time: a rejected input counts as a failed
-  attack and, for clean inputs, as an error;
+* STRIP, SCALE-UP, activation probe - input filters at test time: a rejected input counts as a
+  failed attack and, for clean inputs, as an error;
 * Neural Cleanse - unlearn the flagged labels (nothing flagged: the model is unchanged);
   detection is per label (recall 1 = the target was flagged);
 * fine-pruning - prune 90 % of the last hidden layer, fine-tune; it detects nothing.
@@ -37,13 +37,14 @@ from .neural_cleanse import reverse_engineer, unlearn
 from .probe import ActivationProbe
 from .pruning import fine_prune
 from .spectral import spectral_signatures, spectre
+from .scale_up import ScaleUp
 from .strip import Strip
 
 ATTACKS = ("BadNets", "blended", "random location", "clean-label", "composite", "BaN")
 #: the attacks the course MLP learns (random-location and BaN triggers need a convolutional model:
 #: on the MLP their ASR stays at 3-27 %, so there is no backdoor to detect)
 MLP_ATTACKS = ("BadNets", "blended", "clean-label", "composite")
-DEFENSES = ("activation clustering", "spectral signatures", "SPECTRE", "STRIP", "activation probe",
+DEFENSES = ("activation clustering", "spectral signatures", "SPECTRE", "STRIP", "SCALE-UP", "activation probe",
             "Neural Cleanse", "fine-pruning")
 METRICS = ("recall", "precision", "fpr", "ca_after", "asr_after", "seconds")
 
@@ -168,9 +169,12 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
                 after = train_model("mlp", poisoned.x[kept], poisoned.y[kept], config, progress=False)
                 m["ca_after"] = clean_accuracy(after, xe, ye)
                 m["asr_after"] = attack_success_rate(after, xe, ye, trig, target)
-            elif defense in ("STRIP", "activation probe"):
+            elif defense in ("STRIP", "SCALE-UP", "activation probe"):
                 if defense == "STRIP":
                     filt = Strip.fit(model, xd[:n_filter // 2], n=100, frr=0.01, seed=seed)
+                    f_clean, f_trig = filt.detect(xe[:n_filter]).flags, filt.detect(x_trig).flags
+                elif defense == "SCALE-UP":
+                    filt = ScaleUp.fit(model, xd, num_classes=data.num_classes, fpr=0.05)
                     f_clean, f_trig = filt.detect(xe[:n_filter]).flags, filt.detect(x_trig).flags
                 else:
                     probe = ActivationProbe().fit(model, xd, trig(xd), seed=seed)

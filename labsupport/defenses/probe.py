@@ -8,6 +8,7 @@ never saw.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from ..experiments import Table
 from .common import Detection, activations, check_open_fraction
 
 
@@ -49,3 +51,31 @@ class ActivationProbe:
     def detect(self, model: nn.Module, x: torch.Tensor) -> Detection:
         s = self.scores(model, x)
         return Detection(f"activation probe ({self.layer})", s, s > self.threshold, {"threshold": self.threshold})
+
+
+def cross_trigger(model: nn.Module, x_fit: torch.Tensor, x_test: torch.Tensor, triggers: dict[str, Callable],
+                  *, layer: str = "penultimate", fpr: float = 0.05, seed: int = 0) -> Table:
+    """Train one probe per trigger (on ``x_fit`` clean vs triggered) and test every probe on every
+    trigger (``x_test`` clean vs triggered): does a probe trained on one trigger catch another?
+
+    The table's rows are the training triggers, its columns the test triggers; each cell holds
+    AUROC and recall at the probe's threshold (``fpr`` of the clean training inputs flagged).
+    ``data`` keeps one dict per (train, test) pair.
+    """
+    if not triggers:
+        raise ValueError("triggers: give at least one {name: trigger} entry")
+    if len(x_fit) < 2 or len(x_test) < 2:
+        raise ValueError(f"x_fit and x_test need at least 2 images each; got {len(x_fit)} and {len(x_test)}")
+    truth = torch.cat([torch.zeros(len(x_test), dtype=torch.bool), torch.ones(len(x_test), dtype=torch.bool)])
+    names = list(triggers)
+    rows, data = [["probe trained on ↓ / tested on →", *names]], []
+    for train_name in names:
+        probe = ActivationProbe(layer, fpr).fit(model, x_fit, triggers[train_name](x_fit), seed=seed)
+        row = [train_name]
+        for test_name in names:
+            out = probe.detect(model, torch.cat([x_test, triggers[test_name](x_test)])).evaluate(truth)
+            data.append({"train": train_name, "test": test_name, "auroc": out["auroc"], "recall": out["recall"],
+                         "fpr": out["fpr"]})
+            row.append(f"AUROC {out['auroc']:.3f}, recall {100 * out['recall']:.0f} %")
+        rows.append(row)
+    return Table(rows, data)
