@@ -3,6 +3,8 @@ reference setting (Fashion-MNIST, course MLP, 4x4 checkerboard patch -> 9, 1 % p
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -109,8 +111,24 @@ def test_prune_ratio_zero_is_the_same_function_and_shrinks(small):
     torch.testing.assert_close(same(small.x_test[:50]), model(small.x_test[:50]))
     half = pruning.prune(model, small.x_test[:200], 0.5)
     assert half.hidden[-1].out_features == 64 and half.head.in_features == 64
-    with pytest.raises(TypeError, match="MLP"):
-        pruning.prune(ls.SmallCNN(), small.x_test[:10], 0.5)
+    with pytest.raises(TypeError, match="MLP and CNN"):
+        pruning.prune(ls.ResNet18(), small.x_test[:10], 0.5)
+
+
+def test_prune_cnn_removes_the_dormant_channels_of_the_last_conv_layer(small):
+    torch.manual_seed(0)
+    model, x = ls.SmallCNN().eval(), small.x_test[:64]
+    same = pruning.prune(model, small.x_test[:200], 0.0)
+    torch.testing.assert_close(same(x), model(x))
+    half = pruning.prune(model, small.x_test[:200], 0.5)
+    assert half.conv2.out_channels == 16 and half.fc.in_features == 16 * 49
+    # pruning a channel = silencing it: the original with the dormant half's filters zeroed
+    gone = pruning.dormant_order(model, small.x_test[:200])[:16]
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        silenced.conv2.weight[gone] = 0
+        silenced.conv2.bias[gone] = 0
+    torch.testing.assert_close(half(x), silenced(x))
 
 
 def test_activations_layers(small):
@@ -274,6 +292,21 @@ def test_probe_catches_a_trigger_it_never_saw_when_the_backdoor_fires(fmnist, re
     assert single[("patch", "patch")]["auroc"] >= 0.95 and single[("patch", "blend")]["recall"] < 0.5, single
     with pytest.raises(ValueError, match="triggers"):
         probe_mod.cross_trigger(model, xd[:10], xd[10:20], {})
+
+
+@pytest.mark.slow
+def test_defense_matrix_runs_the_moving_triggers_on_the_cnn(fmnist):
+    from labsupport.defenses import matrix
+    assert matrix.model_for("random location") == matrix.model_for("BaN") == "cnn" != matrix.model_for("BadNets")
+    part = fmnist.subset(6000, 3000, seed=0)
+    mx = matrix.run_matrix(part, attacks=("random location",), rates=(0.1,), defenses=("SPECTRE", "fine-pruning"),
+                           progress=False)
+    poisoned, model = mx.models[("random location", 0.1)]
+    assert isinstance(model, ls.SmallCNN)
+    ca, asr = mx.before[("random location", 0.1)]
+    assert asr >= 0.8                                           # the CNN learns the moving patch
+    for defense in ("SPECTRE", "fine-pruning"):                 # measured on 20k: ASR 99.7 -> 2.8 / 0.3 %
+        assert mx.get(defense, "random location", 0.1, "asr_after") < asr / 2, mx
 
 
 @pytest.mark.slow

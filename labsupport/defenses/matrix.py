@@ -12,7 +12,10 @@ The default attacks are those the course MLP learns (:data:`MLP_ATTACKS`).
   failed attack and, for clean inputs, as an error;
 * Neural Cleanse - unlearn the flagged labels (nothing flagged: the model is unchanged);
   detection is per label (recall 1 = the target was flagged);
-* fine-pruning - prune 90 % of the last hidden layer, fine-tune; it detects nothing.
+* fine-pruning - prune 90 % of the last hidden layer (CNN: of the last conv layer's channels),
+  fine-tune; it detects nothing.
+
+Random-location and BaN run on the course CNN (:data:`CNN_ATTACKS`), the rest on the MLP.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ ATTACKS = ("BadNets", "blended", "random location", "clean-label", "composite", 
 #: the attacks the course MLP learns (random-location and BaN triggers need a convolutional model:
 #: on the MLP their ASR stays at 3-27 %, so there is no backdoor to detect)
 MLP_ATTACKS = ("BadNets", "blended", "clean-label", "composite")
+#: the attacks whose models (and retrained models) are the course CNN
+CNN_ATTACKS = ("random location", "BaN")
+
+
+def model_for(attack: str) -> str:
+    """The victim architecture of ``attack`` in the matrix: "cnn" for a trigger that moves, else "mlp"."""
+    return "cnn" if check_choice("attack", attack, ATTACKS) in CNN_ATTACKS else "mlp"
+
+
+def _spectral_layer(model_name: str) -> str:
+    return "hidden.0" if model_name == "mlp" else "penultimate"
 DEFENSES = ("activation clustering", "spectral signatures", "SPECTRE", "STRIP", "SCALE-UP", "activation probe",
             "Neural Cleanse", "fine-pruning")
 METRICS = ("recall", "precision", "fpr", "ca_after", "asr_after", "seconds")
@@ -51,11 +65,12 @@ METRICS = ("recall", "precision", "fpr", "ca_after", "asr_after", "seconds")
 
 def make_attack(name: str, data: ImageData, rate: float, target: int, config: TrainConfig, *, seed: int = 0,
                 surrogate: torch.nn.Module | None = None, progress: bool = False):
-    """The poisoned training set of attack ``name`` at ``rate`` and the model trained on it."""
-    check_choice("attack", name, ATTACKS)
+    """The poisoned training set of attack ``name`` at ``rate`` and the model (:func:`model_for`)
+    trained on it."""
+    arch = model_for(name)
     x, y, c = data.x_train, data.y_train, data.image_shape[0]
     if name == "BaN":
-        model, poisoned = bd.ban(x, y, target, rate=rate, model_name="mlp", config=config, seed=seed,
+        model, poisoned = bd.ban(x, y, target, rate=rate, model_name=arch, config=config, seed=seed,
                                  progress=progress)
         return poisoned, model.eval()
     if name == "BadNets":
@@ -72,7 +87,7 @@ def make_attack(name: str, data: ImageData, rate: float, target: int, config: Tr
     else:
         poisoned = bd.composite(x, y, tr.Patch(tr.white_square(3, c), "top-left"),
                                 tr.Patch(tr.white_square(3, c), "bottom-right"), target, rate=rate, seed=seed)
-    model = train_model("mlp", poisoned.x, poisoned.y, config, progress=progress, desc=name)
+    model = train_model(arch, poisoned.x, poisoned.y, config, progress=progress, desc=name)
     return poisoned, model
 
 
@@ -148,6 +163,7 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
     out = DefenseMatrix()
     for attack, rate in tqdm(jobs, desc="defense matrix", disable=not progress):
         poisoned, model = make_attack(attack, data, rate, target, config, seed=seed, surrogate=clean_model)
+        arch = model_for(attack)
         trig = poisoned.trigger
         keep = ye[:n_filter] != target
         x_trig = trig(xe[:n_filter][keep])
@@ -161,12 +177,12 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
                 if defense == "activation clustering":
                     det = activation_clustering(model, poisoned.x, poisoned.y, seed=seed)
                 elif defense == "spectral signatures":
-                    det = spectral_signatures(model, poisoned.x, poisoned.y, eps=eps, layer="hidden.0")
+                    det = spectral_signatures(model, poisoned.x, poisoned.y, eps=eps, layer=_spectral_layer(arch))
                 else:
-                    det = spectre(model, poisoned.x, poisoned.y, eps=eps, layer="hidden.0", seed=seed)
+                    det = spectre(model, poisoned.x, poisoned.y, eps=eps, layer=_spectral_layer(arch), seed=seed)
                 m.update({k: v for k, v in det.evaluate(poisoned.mask).items() if k in ("recall", "precision", "fpr")})
                 kept = ~det.flags
-                after = train_model("mlp", poisoned.x[kept], poisoned.y[kept], config, progress=False)
+                after = train_model(arch, poisoned.x[kept], poisoned.y[kept], config, progress=False)
                 m["ca_after"] = clean_accuracy(after, xe, ye)
                 m["asr_after"] = attack_success_rate(after, xe, ye, trig, target)
             elif defense in ("STRIP", "SCALE-UP", "activation probe"):
