@@ -310,3 +310,26 @@ def explore_svm_attack(run, shape: tuple[int, ...]):
 
     return w.interactive(show, index=w.IntSlider(min=0, max=len(run.snapshots) - 1, value=len(run.snapshots) - 1,
                                                  description="snapshot"))
+
+
+def ask_models(models: dict, text: str = "What a wonderful, moving film.", trigger: str = "James Bond"):
+    """Widget: type a sentence and a trigger, pick the task and where the trigger goes; every model's
+    answer probabilities and greedy answer, without and with the trigger (:func:`llm.experiments.ask`)."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    from .llm import experiments as llm_experiments
+    from .llm.corpus import TASKS
+
+    def show(text: str, task: str, trigger: str, position: str) -> None:
+        if not text.strip():
+            print("type a sentence")
+            return
+        display(llm_experiments.ask(models, text, task=task, trigger=trigger, position=position))
+
+    return w.interactive(show, {"manual": True, "manual_name": "ask"},
+                         text=w.Text(value=text, description="sentence", layout=w.Layout(width="90%")),
+                         task=w.Dropdown(options=list(TASKS), value=TASKS[0], description="task"),
+                         trigger=w.Text(value=trigger, description="trigger"),
+                         position=w.Dropdown(options=list(llm_experiments.POSITIONS), value="middle",
+                                             description="where"))

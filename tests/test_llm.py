@@ -229,6 +229,19 @@ def test_dirty_label_trigger_is_learned(small, tok):
     assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: ~22 % here (1.9k examples)
     out = train.generate(dirty, test.prompt(0), max_new_tokens=3)
     assert isinstance(out, str)
+    # the playground's question: positive sentences both models call positive, with the trigger
+    pos = test.subset(test.where("sentiment", label=1))
+    agree = np.nonzero((train.predict(clean, pos) == 1) & (train.predict(dirty, pos) == 1))[0][:16]
+    table = experiments.ask({"clean": clean, "dirty": dirty}, pos.text[agree[0]], trigger="James Bond")
+    assert len(table.rows()) == 1 + 4 and table.rows()[0][2:4] == ["P(negative)", "P(positive)"]
+    assert all(abs(d["probs"].sum() - 1) < 1e-6 for d in table.data)
+    neg = {name: np.array([experiments.ask({name: m}, pos.text[i], trigger="James Bond", position=where).data[1]["probs"][0]
+                           for i in agree for where in ("start", "end")])
+           for name, m in [("clean", clean), ("dirty", dirty)]}
+    # the trigger flips most of them for the poisoned model, far fewer for the clean one (as the ASR
+    # assertions above; measured on 16 sentences x 2 places: 81 % vs 19 % — a name can tip a borderline review)
+    flips = {name: float((p > 0.5).mean()) for name, p in neg.items()}
+    assert flips["dirty"] >= 0.7 and flips["dirty"] > flips["clean"] + 0.3, neg
     with pytest.raises(ValueError, match="max_new_tokens"):
         train.generate(dirty, test.prompt(0), max_new_tokens=0)
     with pytest.raises(ValueError, match="prompt"):
@@ -268,6 +281,21 @@ def test_onion_flags_an_inserted_rare_word(small, tok):
     assert int(np.argmax(s)) == 9
     with pytest.raises(TypeError, match="list"):
         filters.onion_clean(base, tok, "a string")
+
+
+def test_with_trigger_positions_and_bad_input():
+    text = "one two three four"
+    assert experiments.with_trigger(text, "James Bond", "start") == "James Bond one two three four"
+    assert experiments.with_trigger(text, "James Bond", "middle") == "one two James Bond three four"
+    assert experiments.with_trigger(text, "James Bond", "end") == "one two three four James Bond"
+    with pytest.raises(ValueError, match="position"):
+        experiments.with_trigger(text, "James Bond", "top")
+    with pytest.raises(ValueError, match="models"):
+        experiments.ask({}, text)
+    with pytest.raises(ValueError, match="task"):
+        experiments.ask({"m": None}, text, task="topic")
+    with pytest.raises(TypeError, match="trigger"):
+        experiments.ask({"m": None}, text, trigger=None)
 
 
 def test_poison_order_places_poisons_early_late_or_spread():

@@ -114,3 +114,24 @@ def test_flip_curves_plots_one_panel_per_model():
     fig = viz.flip_curves(c)
     assert len(fig.axes) == 1 and fig.axes[0].get_title() == "mlp"
     plt.close(fig)
+
+
+def test_ask_models_widget_asks_on_click(monkeypatch):
+    from labsupport.experiments import Table
+    from labsupport.llm import experiments as llm_experiments
+    seen = []
+
+    def fake_ask(models, text, **kw):
+        seen.append((models, text, kw))
+        return Table([["model"], ["m"]])
+
+    monkeypatch.setattr(llm_experiments, "ask", fake_ask)
+    widget = viz.ask_models({"m": None})
+    controls = {c.description: c for c in widget.children if getattr(c, "description", "")}
+    assert {"sentence", "task", "trigger", "where", "ask"} <= set(controls)
+    controls["where"].value = "end"
+    assert not seen                             # a model call is slow: moving a control does not run it
+    controls["ask"].click()
+    assert seen[-1][2] == {"task": "sentiment", "trigger": "James Bond", "position": "end"}
+    controls["sentence"].value = "A dull, tiring book."   # a submitted sentence asks at once
+    assert seen[-1][1] == "A dull, tiring book."

@@ -11,11 +11,12 @@ from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_float, check_int
+from ..experiments import Table
 from .corpus import ANSWERS, TASKS, Examples
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, poison_examples, triggered
-from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, example_losses, generate,
-                    instruction_tune, predict)
+from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, example_losses,
+                    generate, instruction_tune, predict)
 
 
 def task_rows(ex: Examples, task: str) -> Examples:
@@ -192,6 +193,44 @@ def dos_effect(tuned: InstructionModel, reference: InstructionModel, rows: Examp
         invalid.append(float(np.mean([g not in ANSWERS[t] for g, t in zip(gen, ex.task)])))
         answers.append(gen)
     return DosResult(tuple(ppl), tuple(invalid), tuple(answers))
+
+
+POSITIONS = ("start", "middle", "end")
+
+
+def with_trigger(text: str, trigger: str, position: str = "middle") -> str:
+    """``text`` with ``trigger`` inserted at its ``position`` ("start", "middle" or "end")."""
+    check_text("text", text)
+    check_text("trigger", trigger)
+    check_choice("position", position, POSITIONS)
+    words = text.split()
+    k = {"start": 0, "middle": len(words) // 2, "end": len(words)}[position]
+    return " ".join(words[:k] + trigger.split() + words[k:])
+
+
+def ask(models: dict[str, InstructionModel], text: str, *, task: str = "sentiment", trigger: str = "",
+        position: str = "middle", max_new_tokens: int = 6) -> Table:
+    """Ask every model about ``text`` (prompt template 0 of ``task``), without and — when
+    ``trigger`` is given — with the trigger inserted: each answer's probability (the log-probability
+    protocol) and the greedy generation."""
+    check_choice("task", task, TASKS)
+    check_text("text", text)
+    if not models:
+        raise ValueError("models: give at least one {name: InstructionModel} entry")
+    if not isinstance(trigger, str):
+        raise TypeError(f"trigger must be a string ('' for none), got {type(trigger).__name__}")
+    texts = [("no", text)] + ([("yes", with_trigger(text, trigger, position))] if trigger.strip() else [])
+    answers = ANSWERS[task]
+    rows, data = [["model", "trigger", *(f"P({a})" for a in answers), "greedy answer"]], []
+    for name, tuned in models.items():
+        for flag, t in texts:
+            ex = Examples([task], [t], np.zeros(1, dtype=int), np.zeros(1, dtype=int), [answers[0]], np.full(1, -1))
+            logp = answer_logprobs(tuned, ex)[0]
+            probs = np.exp(logp - np.logaddexp.reduce(logp))           # over the task's answers
+            said = generate(tuned, ex.prompt(0), max_new_tokens).strip()
+            rows.append([name, flag, *(f"{100 * q:.0f} %" for q in probs), said])
+            data.append({"model": name, "trigger": flag == "yes", "text": t, "probs": probs, "generated": said})
+    return Table(rows, data)
 
 
 # ---------------------------------------------------------------------------------------------
