@@ -58,6 +58,8 @@ def model_for(attack: str) -> str:
 
 def _spectral_layer(model_name: str) -> str:
     return "hidden.0" if model_name == "mlp" else "penultimate"
+
+
 DEFENSES = ("activation clustering", "spectral signatures", "SPECTRE", "STRIP", "SCALE-UP", "activation probe",
             "Neural Cleanse", "fine-pruning")
 METRICS = ("recall", "precision", "fpr", "ca_after", "asr_after", "seconds")
@@ -186,11 +188,9 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
                 m["ca_after"] = clean_accuracy(after, xe, ye)
                 m["asr_after"] = attack_success_rate(after, xe, ye, trig, target)
             elif defense in ("STRIP", "SCALE-UP", "activation probe"):
-                if defense == "STRIP":
-                    filt = Strip.fit(model, xd[:n_filter // 2], n=100, frr=0.01, seed=seed)
-                    f_clean, f_trig = filt.detect(xe[:n_filter]).flags, filt.detect(x_trig).flags
-                elif defense == "SCALE-UP":
-                    filt = ScaleUp.fit(model, xd, num_classes=data.num_classes, fpr=0.05)
+                if defense in ("STRIP", "SCALE-UP"):
+                    filt = (Strip.fit(model, xd[:n_filter // 2], n=100, frr=0.01, seed=seed) if defense == "STRIP"
+                            else ScaleUp.fit(model, xd, num_classes=data.num_classes, fpr=0.05))
                     f_clean, f_trig = filt.detect(xe[:n_filter]).flags, filt.detect(x_trig).flags
                 else:
                     probe = ActivationProbe().fit(model, xd, trig(xd), seed=seed)
