@@ -14,7 +14,7 @@ from .._validate import check_choice, check_float, check_int
 from ..experiments import Table
 from .corpus import ANSWERS, TASKS, Examples
 from .model import GPT, GPTConfig
-from .poisoning import AttackResult, attack_success_rate, check_text, poison_examples, triggered
+from .poisoning import AttackResult, attack_success_rate, check_text, insert_at, poison_examples, triggered
 from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, example_losses,
                     generate, instruction_tune, predict)
 
@@ -203,9 +203,8 @@ def with_trigger(text: str, trigger: str, position: str = "middle") -> str:
     check_text("text", text)
     check_text("trigger", trigger)
     check_choice("position", position, POSITIONS)
-    words = text.split()
-    k = {"start": 0, "middle": len(words) // 2, "end": len(words)}[position]
-    return " ".join(words[:k] + trigger.split() + words[k:])
+    n = len(text.split())
+    return insert_at(text, trigger, {"start": 0, "middle": n // 2, "end": n}[position])
 
 
 def ask(models: dict[str, InstructionModel], text: str, *, task: str = "sentiment", trigger: str = "",

@@ -38,8 +38,12 @@ def insert_trigger(text: str, trigger: str, rng: np.random.Generator | int = 0) 
     check_text("text", text)
     check_text("trigger", trigger)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    return insert_at(text, trigger, int(rng.integers(0, len(text.split()) + 1)))
+
+
+def insert_at(text: str, trigger: str, k: int) -> str:
+    """``text`` with ``trigger`` inserted before its ``k``-th word (``k`` = word count: at the end)."""
     words = text.split()
-    k = int(rng.integers(0, len(words) + 1))
     return " ".join(words[:k] + trigger.split() + words[k:])
 
 
