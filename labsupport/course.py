@@ -279,10 +279,25 @@ def run_notebook(path: Path, output: Path, *, profile: str | None = None, timeou
             else:
                 os.environ["LABSUPPORT_PROFILE"] = env_backup
     seconds = time.perf_counter() - start
-    errors = []
-    for i, cell in enumerate(nb.cells):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                errors.append((i, out.get("ename", ""), ",".join(cell.metadata.get("tags", []))))
     atomic_write_bytes(output, _dump(nb))
-    return RunResult(Path(path), Path(output), seconds, errors)
+    return RunResult(Path(path), Path(output), seconds, notebook_errors(nb))
+
+
+def notebook_errors(nb: nbformat.NotebookNode) -> list[tuple[int, str, str]]:
+    """The errors an executed notebook shows: (cell index, error name, the cell's tags)."""
+    return [(i, out.get("ename", ""), ",".join(cell.metadata.get("tags", [])))
+            for i, cell in enumerate(nb.cells) for out in cell.get("outputs", [])
+            if out.get("output_type") == "error"]
+
+
+def unfinished_run_problems(student: nbformat.NotebookNode, errors: list[tuple[int, str, str]]) -> list[str]:
+    """What is wrong with a run of an untouched student notebook: the only errors allowed are the
+    ``NotImplementedError`` of each unfinished exercise, one in each exercise's check cell."""
+    n_exercises = sum(c.source.count("raise NotImplementedError()") for c in student.cells
+                      if c.cell_type == "code")
+    problems = [f"cell {i}: unexpected {name} (tags: {tags or 'none'})" for i, name, tags in errors
+                if not (name == "NotImplementedError" and EXERCISE_CHECK_TAG in tags.split(","))]
+    if len(errors) != n_exercises:
+        problems.append(f"{len(errors)} errors for {n_exercises} unfinished exercises: "
+                        "every unfinished exercise should fail its check cell, and only it")
+    return problems

@@ -62,3 +62,31 @@ def test_generate_writes_and_detects_edits(tmp_path):
     nb.cells.append(nbformat.v4.new_markdown_cell("new"))
     nbformat.write(nb, tmp_path / "solutions" / "a.ipynb")
     assert course.generate_labs(tmp_path, check=True).stale == [tmp_path / "labs" / "a.ipynb"]
+
+
+def test_unfinished_run_problems_allows_only_the_exercises_own_failures():
+    v4 = nbformat.v4
+    student = v4.new_notebook(cells=[
+        v4.new_code_cell("def f():\n    raise NotImplementedError()"),
+        v4.new_code_cell("check(f)"),
+        v4.new_code_cell("def g():\n    raise NotImplementedError()"),
+        v4.new_code_cell("check(g)"),
+    ])
+    check = course.EXERCISE_CHECK_TAG
+    assert course.unfinished_run_problems(student, [(1, "NotImplementedError", check),
+                                                    (3, "NotImplementedError", f"x,{check}")]) == []
+    # an error outside a check cell, a wrong error in a check cell, a check that passed
+    assert course.unfinished_run_problems(student, [(1, "NotImplementedError", check),
+                                                    (3, "NotImplementedError", "")])[0].startswith("cell 3")
+    assert "ValueError" in course.unfinished_run_problems(student, [(1, "ValueError", check),
+                                                                    (3, "NotImplementedError", check)])[0]
+    assert "1 errors for 2" in course.unfinished_run_problems(student, [(1, "NotImplementedError", check)])[0]
+
+
+def test_notebook_errors_reads_error_outputs():
+    v4 = nbformat.v4
+    cell = v4.new_code_cell("1/0", metadata={"tags": ["a", "b"]})
+    cell.outputs = [v4.new_output("stream", text="x"), v4.new_output("error", ename="ZeroDivisionError",
+                                                                      evalue="", traceback=[])]
+    nb = v4.new_notebook(cells=[v4.new_markdown_cell("t"), cell])
+    assert course.notebook_errors(nb) == [(1, "ZeroDivisionError", "a,b")]
