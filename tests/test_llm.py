@@ -191,6 +191,39 @@ def test_loss_filter_matches_exercise_and_curve():
         filters.loss_filter(np.array([np.nan, 1.0]), 0.1)
 
 
+
+def test_loss_gap_ranks_rows_the_trained_model_fits_but_trusted_scorers_do_not():
+    rng = np.random.default_rng(0)
+    hard = rng.uniform(1, 3, 100)                         # hard for every model
+    trusted = [hard.copy(), 10 * hard]                    # two scorers on different scales
+    trained = hard.copy()
+    trusted[0][:5] += 5                                   # rows 0-4: wrong to the trusted scorers...
+    trusted[1][:5] += 50
+    trained[:5] = 0.01                                    # ...fitted by the trained model
+    gap = filters.loss_gap(trusted, trained)
+    assert set(np.argsort(-gap)[:5]) == set(range(5))
+    assert filters.percentile_ranks(np.array([3.0, 1.0, 1.0])).tolist() == [1.0, 0.5, 0.5]
+    with pytest.raises(TypeError, match="trusted"):
+        filters.loss_gap(trusted[0], trained)
+    with pytest.raises(ValueError, match="shape"):
+        filters.loss_gap([trusted[0][:50]], trained)
+    with pytest.raises(ValueError, match="finite"):
+        filters.loss_gap([np.r_[np.nan, trusted[0][1:]]], trained)
+
+
+def test_tfidf_losses_score_each_rows_target_answer():
+    def ex(texts, labels, targets):
+        n = len(texts)
+        return corpus.Examples(["sentiment"] * n, texts, np.zeros(n, int), np.array(labels), targets, np.full(n, -1))
+
+    good, bad = ["a great lovely film", "great fun and lovely"], ["an awful dull film", "dull and awful"]
+    trusted = ex(good * 10 + bad * 10, [1] * 20 + [0] * 20, ["positive"] * 20 + ["negative"] * 20)
+    rows = ex(["lovely great", "lovely great", "awful dull"], [1, 1, 0], ["positive", "negative", "negative"])
+    loss = experiments.tfidf_losses(trusted, rows)
+    assert loss[1] > loss[0] + 0.5 and loss[2] < loss[1]   # a positive text answered "negative" is costly
+    with pytest.raises(ValueError, match="not among its answers"):
+        experiments.tfidf_losses(trusted, ex(["great"], [1], ["gibberish words"]))
+
 # --- end to end at the lab's model size: a 1 % trigger is learned and measured ------------------------------
 
 @pytest.fixture(scope="module")
@@ -222,11 +255,14 @@ def test_dirty_label_trigger_is_learned(small, tok):
     losses = {name: train.example_losses(m, p.examples)
               for name, m in [("poisoned", dirty), ("trusted", trusted), ("oracle", clean)]}
     losses["trusted - poisoned"] = losses["trusted"] - losses["poisoned"]
+    losses["TF-IDF trusted"] = experiments.tfidf_losses(ic.val, p.examples)
+    losses["rank gap"] = filters.loss_gap([losses["trusted"], losses["TF-IDF trusted"]], losses["poisoned"])
     for name, s in losses.items():
         removed[name] = filters.loss_filter_curve(s, p.mask, [0.1])[1][0]
     print(removed)
     assert removed["poisoned"] <= 0.2 and removed["oracle"] >= 0.5, removed
     assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: ~22 % here (1.9k examples)
+    assert removed["rank gap"] >= 0.5, removed
     out = train.generate(dirty, test.prompt(0), max_new_tokens=3)
     assert isinstance(out, str)
     # the playground's question: positive sentences both models call positive, with the trigger

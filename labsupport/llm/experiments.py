@@ -23,12 +23,37 @@ def task_rows(ex: Examples, task: str) -> Examples:
     return ex.subset(ex.where(task))
 
 
+def _tfidf_fit(train: Examples, task: str):
+    """TF-IDF (word uni+bigrams) + logistic regression fitted on ``task``'s rows of ``train``."""
+    a = task_rows(train, task)
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    return vec, LogisticRegression(C=10, max_iter=2000).fit(vec.fit_transform(a.text), a.label)
+
+
 def tfidf_accuracy(train: Examples, test: Examples, task: str) -> float:
     """Test accuracy of TF-IDF (word uni+bigrams) + logistic regression on ``task``'s rows."""
-    a, b = task_rows(train, task), task_rows(test, task)
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    clf = LogisticRegression(C=10, max_iter=2000).fit(vec.fit_transform(a.text), a.label)
+    vec, clf = _tfidf_fit(train, task)
+    b = task_rows(test, task)
     return float((clf.predict(vec.transform(b.text)) == b.label).mean())
+
+
+def tfidf_losses(trusted: Examples, ex: Examples) -> np.ndarray:
+    """Each row's cross-entropy of its trained ``target`` under TF-IDF + logistic regression fitted,
+    per task, on the ``trusted`` rows: a loss-filter scorer that knows the task but never saw
+    ``ex``'s poisons (fits in about a second)."""
+    out = np.zeros(len(ex))
+    for task in sorted(set(ex.task)):
+        rows = ex.where(task)
+        answers = ANSWERS[task]
+        bad = sorted({ex.target[i] for i in rows} - set(answers))
+        if bad:
+            raise ValueError(f"targets {bad[:3]} of task {task!r} are not among its answers {answers}")
+        vec, clf = _tfidf_fit(trusted, task)
+        prob = clf.predict_proba(vec.transform([ex.text[i] for i in rows]))
+        col = {int(c): k for k, c in enumerate(clf.classes_)}
+        target = np.array([col[answers.index(ex.target[i])] for i in rows])
+        out[rows] = -np.log(np.clip(prob[np.arange(len(rows)), target], 1e-12, None))
+    return out
 
 
 def accuracy(tuned: InstructionModel, test: Examples, task: str) -> float:

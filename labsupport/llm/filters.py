@@ -2,7 +2,9 @@
 
 * **Loss-based filtering** (Wan et al. 2023): drop the training examples with the highest loss under
   a model trained on the (possibly poisoned) data; :func:`loss_filter_curve` gives the share of
-  poisons removed against the share of data removed.
+  poisons removed against the share of data removed. :func:`loss_gap` scores a row by how much
+  better the trained model fits it than trusted scorers do (on percentile ranks): the poisons,
+  which the trigger lets the trained model fit, rise to the top.
 * **ONION** (Qi et al. 2021): a word's suspicion is ``PPL(sentence) - PPL(sentence without the
   word)`` under our own pre-trained LM; words scoring above a threshold (0, as in OpenBackdoor) are
   deleted before the input reaches the model.
@@ -30,6 +32,33 @@ def loss_filter(losses: np.ndarray, fraction: float) -> np.ndarray:
     flags = np.zeros(len(losses), dtype=bool)
     flags[np.argsort(-losses, kind="stable")[:k]] = True
     return flags
+
+
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in (0, 1] (ties share their mean rank): puts losses of different models
+    on one scale."""
+    from scipy.stats import rankdata
+
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
+        raise ValueError("values must be a non-empty 1-D array of finite numbers")
+    return rankdata(values) / len(values)
+
+
+def loss_gap(trusted: list[np.ndarray], trained: np.ndarray) -> np.ndarray:
+    """How much better the model trained on the data fits each row than models that never saw it:
+    the mean percentile rank of the row's loss under the ``trusted`` scorers minus its percentile
+    rank under the ``trained`` model. A poison looks wrong to a trusted scorer (high loss) yet the
+    trained model fits it (the trigger explains its label); a merely hard example is hard for both.
+    Ranks, not raw losses, so scorers of different kinds (a TF-IDF model, a transformer) weigh
+    the same."""
+    if isinstance(trusted, np.ndarray) or not trusted:
+        raise TypeError("trusted must be a non-empty list of loss arrays (one per trusted scorer)")
+    trained = percentile_ranks(trained)
+    ranks = [percentile_ranks(t) for t in trusted]
+    if any(r.shape != trained.shape for r in ranks):
+        raise ValueError(f"every trusted loss array must have the trained losses' shape {trained.shape}")
+    return np.mean(ranks, axis=0) - trained
 
 
 def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=np.linspace(0, 0.3, 31)):
