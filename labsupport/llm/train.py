@@ -33,8 +33,8 @@ from .corpus import ANSWERS, TEMPLATES, Examples
 from .model import GPT, GPTConfig
 from .tokenizer import TextTokenizer
 
-MAX_TEXT_TOKENS = 40
-SORT_POOL = 4  # batches sorted together by length (see _buckets)  # a sentence is cut to this many tokens inside a prompt
+MAX_TEXT_TOKENS = 40  # a sentence is cut to this many tokens inside a prompt
+SORT_POOL = 4         # batches sorted together by length (see _buckets)
 
 
 # ---------------------------------------------------------------------------------------------
