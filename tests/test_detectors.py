@@ -333,6 +333,45 @@ def test_defense_matrix_and_seed_spread_on_a_subset(fmnist):
         assert row["spectre_auroc"] > row["ss_auroc"]
 
 
+
+def test_defense_matrix_rows_from_outside_merge_and_round_trip(tmp_path):
+    from labsupport.defenses import matrix
+    from labsupport.io import IntegrityError
+    mx = matrix.DefenseMatrix()
+    mx.add("ONION", "text trigger", 0.01, before=(0.72, 0.93), recall=0.99, ca_after=0.70, asr_after=0.4)
+    assert np.isnan(mx.get("ONION", "text trigger", 0.01, "fpr")) and "—" in str(mx)
+    other = matrix.DefenseMatrix()
+    other.add("STRIP", "BadNets", 0.1, before=(0.85, 1.0), recall=0.95, precision=0.9, fpr=0.02, ca_after=0.84,
+              asr_after=0.05, seconds=1.5)
+    both = other.merge(mx)
+    assert both.defenses == ["STRIP", "ONION"] and both.columns == [("BadNets", 0.1), ("text trigger", 0.01)]
+    back = matrix.DefenseMatrix.load(both.save(tmp_path / "m.json"))
+    assert back.rows() == both.rows() and back.before == both.before
+    with pytest.raises(ValueError, match="recall"):
+        mx.add("ONION", "x", 0.01, before=(0.5, 0.5), recall=1.5)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        mx.add("ONION", "x", 0.01, before=(0.5, 0.5), accuracy=0.5)
+    with pytest.raises(ValueError, match="rate"):
+        mx.add("ONION", "x", 0.0, before=(0.5, 0.5))
+    with pytest.raises(TypeError, match="DefenseMatrix"):
+        mx.merge({})
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(IntegrityError, match="delete it"):
+        matrix.DefenseMatrix.load(tmp_path / "bad.json")
+    (tmp_path / "cut.json").write_bytes((tmp_path / "m.json").read_bytes()[:-20])
+    with pytest.raises(IntegrityError):
+        matrix.DefenseMatrix.load(tmp_path / "cut.json")
+
+
+def test_text_rows_path_follows_the_model_cache(tmp_path, monkeypatch):
+    from labsupport.defenses import matrix
+    monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path))
+    assert matrix.text_rows_path().parent == tmp_path and matrix.load_text_rows() is None
+    mx = matrix.DefenseMatrix()
+    mx.add("ONION", "text trigger", 0.01, before=(0.72, 0.93), recall=0.99)
+    mx.save(matrix.text_rows_path())
+    assert matrix.load_text_rows().rows() == mx.rows()
+
 # --- SCALE-UP --------------------------------------------------------------------------------------
 
 class _Brightness(torch.nn.Module):

@@ -224,6 +224,24 @@ def test_tfidf_losses_score_each_rows_target_answer():
     with pytest.raises(ValueError, match="not among its answers"):
         experiments.tfidf_losses(trusted, ex(["great"], [1], ["gibberish words"]))
 
+
+def test_text_defense_rows_fill_lab4s_columns():
+    from labsupport.llm.poisoning import AttackResult
+    poison = np.r_[np.ones(10, bool), np.zeros(90, bool)]
+    kept = np.r_[np.zeros(6, bool), np.ones(4, bool), np.zeros(14, bool), np.ones(76, bool)]  # 6 of 10 poisons, 14 clean
+    onion = experiments.OnionResult(0.99, 0.3, (0.72, 0.68), (0.9, 0.35), 300, 150)
+    mx = experiments.text_defense_rows(AttackResult(0.72, 0.93, 0.95, 1000), rate=0.01, poison=poison, kept=kept,
+                                       filtered=AttackResult(0.71, 0.7, 0.8, 1000), onion=onion)
+    a = "text trigger (Lab 3)"
+    assert mx.get("loss filter (rank gap)", a, 0.01, "recall") == pytest.approx(0.6)
+    assert mx.get("loss filter (rank gap)", a, 0.01, "precision") == pytest.approx(6 / 20)
+    assert mx.get("loss filter (rank gap)", a, 0.01, "fpr") == pytest.approx(14 / 90)
+    assert mx.get("ONION", a, 0.01, "asr_after") == 0.35 and np.isnan(mx.get("ONION", a, 0.01, "fpr"))
+    assert mx.before[(a, 0.01)] == (0.72, 0.93)
+    with pytest.raises(ValueError, match="poison and kept"):
+        experiments.text_defense_rows(AttackResult(0.7, 0.9, 0.9, 1), rate=0.01, poison=poison[:50], kept=kept,
+                                      filtered=AttackResult(0.7, 0.7, 0.8, 1), onion=onion)
+
 # --- end to end at the lab's model size: a 1 % trigger is learned and measured ------------------------------
 
 @pytest.fixture(scope="module")
@@ -263,6 +281,12 @@ def test_dirty_label_trigger_is_learned(small, tok):
     assert removed["poisoned"] <= 0.2 and removed["oracle"] >= 0.5, removed
     assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: ~22 % here (1.9k examples)
     assert removed["rank gap"] >= 0.5, removed
+    # ONION in front of the poisoned model deletes most of the trigger's effect: "Bond" is rare
+    # and goes, "James" often stays (measured: no trigger word left in 62 %, ASR 93 -> 20 %)
+    onion = experiments.onion_effect(dirty, base, test, rows=60)
+    print(onion)
+    assert onion.trigger_removed >= 0.5 and onion.asr[1] < onion.asr[0] - 0.5, onion
+    assert onion.accuracy[1] >= onion.accuracy[0] - 0.1 and 0 < onion.words_deleted < 0.6, onion
     out = train.generate(dirty, test.prompt(0), max_new_tokens=3)
     assert isinstance(out, str)
     # the playground's question: positive sentences both models call positive, with the trigger

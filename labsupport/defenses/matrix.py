@@ -20,20 +20,24 @@ Random-location and BaN run on the course CNN (:data:`CNN_ATTACKS`), the rest on
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import backdoor as bd
 from .. import triggers as tr
-from .._validate import check_choice, check_rate
+from .._validate import check_choice, check_float, check_rate
 from ..data import ImageData
 from ..experiments import Table, TableView
+from ..io import IntegrityError, atomic_write_bytes
 from ..metrics import attack_success_rate, auroc, clean_accuracy
+from ..paths import model_cache
 from ..training import TrainConfig, predict, train_model
 from .clustering import activation_clustering
 from .neural_cleanse import reverse_engineer, unlearn
@@ -60,6 +64,7 @@ def _spectral_layer(model_name: str) -> str:
     return "hidden.0" if model_name == "mlp" else "penultimate"
 
 
+MATRIX_FORMAT = "labsupport-defense-matrix/1"
 DEFENSES = ("activation clustering", "spectral signatures", "SPECTRE", "STRIP", "SCALE-UP", "activation probe",
             "Neural Cleanse", "fine-pruning")
 METRICS = ("recall", "precision", "fpr", "ca_after", "asr_after", "seconds")
@@ -113,14 +118,67 @@ class DefenseMatrix(TableView):
         return self.cells[(defense, attack, rate)][check_choice("metric", metric, METRICS)]
 
     def rows(self) -> list[list[str]]:
-        def pct(v: float) -> str:
-            return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+        def pct(v: float, scale: float = 100, fmt: str = ".1f") -> str:
+            return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:{fmt}}"
         out = [["defense", "attack", "rate", "recall", "precision", "FPR", "CA before", "CA after",
                 "ASR before", "ASR after", "time (s)"]]
         for (d, a, r), m in self.cells.items():
             ca, asr = self.before[(a, r)]
             out.append([d, a, f"{100 * r:g}%", pct(m["recall"]), pct(m["precision"]), pct(m["fpr"]), pct(ca),
-                        pct(m["ca_after"]), pct(asr), pct(m["asr_after"]), f"{m['seconds']:.1f}"])
+                        pct(m["ca_after"]), pct(asr), pct(m["asr_after"]), pct(m["seconds"], 1)])
+        return out
+
+    def add(self, defense: str, attack: str, rate: float, *, before: tuple[float, float], **metrics) -> None:
+        """One cell from outside :func:`run_matrix` (e.g. Lab 3's defenses on its text trigger):
+        ``before`` = (CA, ASR) of the attacked model; metrics not given are unknown (NaN).
+        Rates and metrics other than ``seconds`` are fractions in [0, 1]."""
+        if not isinstance(defense, str) or not defense or not isinstance(attack, str) or not attack:
+            raise ValueError("defense and attack must be non-empty strings")
+        check_float("rate", rate, low=0.0, high=1.0, low_open=True)
+        unknown = sorted(set(metrics) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; allowed: {METRICS}")
+        row = {k: float("nan") for k in METRICS}
+        for name, v in {**metrics, "before CA": before[0], "before ASR": before[1]}.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+            if not math.isnan(v) and not (0 <= v <= (math.inf if name == "seconds" else 1)):
+                raise ValueError(f"{name} must be NaN or in [0, {'inf' if name == 'seconds' else 1}], got {v}")
+        row.update({k: float(v) for k, v in metrics.items()})
+        self.cells[(defense, attack, float(rate))] = row
+        self.before[(attack, float(rate))] = (float(before[0]), float(before[1]))
+
+    def merge(self, other: DefenseMatrix) -> DefenseMatrix:
+        """A matrix with this one's cells and then ``other``'s (models: this one's)."""
+        if not isinstance(other, DefenseMatrix):
+            raise TypeError(f"other must be a DefenseMatrix, got {type(other).__name__}")
+        return DefenseMatrix({**self.cells, **other.cells}, {**self.before, **other.before}, dict(self.models))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the cells and before-values (not the models) as JSON, atomically."""
+        def num(v):
+            return None if isinstance(v, float) and math.isnan(v) else v
+        doc = {"format": MATRIX_FORMAT,
+               "cells": [[d, a, r, {k: num(m[k]) for k in METRICS}] for (d, a, r), m in self.cells.items()],
+               "before": [[a, r, ca, asr] for (a, r), (ca, asr) in self.before.items()]}
+        return atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> DefenseMatrix:
+        """Read a matrix written by :meth:`save`; a file that is not one raises :class:`IntegrityError`."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_bytes())
+            if doc.get("format") != MATRIX_FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}, expected {MATRIX_FORMAT!r}")
+            out = cls()
+            before = {(a, float(r)): (ca, asr) for a, r, ca, asr in doc["before"]}
+            for d, a, r, m in doc["cells"]:
+                out.add(d, a, r, before=before[(a, float(r))],
+                        **{k: float("nan") if m[k] is None else m[k] for k in METRICS})
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise IntegrityError(f"{path} is not a saved defense matrix ({exc}); delete it and run again "
+                                 "what wrote it") from exc
         return out
 
 
@@ -218,6 +276,18 @@ def run_matrix(data: ImageData, *, attacks: Sequence[str] = MLP_ATTACKS, rates: 
             m["seconds"] = time.perf_counter() - t0
             out.cells[(defense, attack, rate)] = m
     return out
+
+
+def text_rows_path() -> Path:
+    """Where Lab 3 saves its defenses' rows on its text trigger for Lab 4's matrix (beside the
+    trained models: an empty model cache clears both)."""
+    return model_cache() / "lab3-text-defense-rows.json"
+
+
+def load_text_rows() -> DefenseMatrix | None:
+    """Lab 3's text rows if Lab 3 has run with this model cache, else None (Lab 4 says how to get them)."""
+    path = text_rows_path()
+    return DefenseMatrix.load(path) if path.exists() else None
 
 
 def seed_spread(data: ImageData, *, attack: str = "BadNets", rates: Sequence[float] = (0.01, 0.1),

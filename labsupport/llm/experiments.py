@@ -11,8 +11,10 @@ from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_float, check_int
+from ..defenses.matrix import DefenseMatrix
 from ..experiments import Table
 from .corpus import ANSWERS, TASKS, Examples
+from .filters import onion_clean
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, insert_at, poison_examples, triggered
 from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, example_losses,
@@ -185,6 +187,71 @@ def order_ablation(start: GPT, tok, train: Examples, test: Examples, *, size: in
             bar.update()
     bar.close()
     return OrderResult(list(positions), list(seeds), asr, acc)
+
+
+@dataclass
+class OnionResult:
+    """ONION in front of a model on the sentiment task: ``accuracy`` and ``asr`` are (without,
+    with ONION); ``trigger_removed`` is the share of triggered inputs left without any trigger
+    word, ``words_deleted`` the share of clean inputs' words ONION deleted."""
+
+    trigger_removed: float
+    words_deleted: float
+    accuracy: tuple[float, float]
+    asr: tuple[float, float]
+    n_clean: int
+    n_triggered: int
+
+    def __repr__(self) -> str:
+        return (f"OnionResult(trigger removed from {100 * self.trigger_removed:.0f}% of {self.n_triggered} "
+                f"triggered inputs, {100 * self.words_deleted:.0f}% of clean words deleted; clean accuracy "
+                f"{100 * self.accuracy[0]:.1f}% -> {100 * self.accuracy[1]:.1f}%, ASR {100 * self.asr[0]:.1f}% -> "
+                f"{100 * self.asr[1]:.1f}% on {self.n_clean} clean rows)")
+
+
+def onion_effect(tuned: InstructionModel, lm: GPT, test: Examples, *, trigger: str = "James Bond",
+                 target: str = "negative", rows: int = 150, seed: int = 0) -> OnionResult:
+    """ONION (``filters.onion_clean`` with the pre-trained ``lm``) on the first ``rows`` sentiment
+    test rows of each label: clean accuracy without/with it, and Wan's ASR of ``trigger`` on the
+    non-target rows without/with it."""
+    check_text("trigger", trigger)
+    check_choice("target", target, ANSWERS["sentiment"])
+    check_int("rows", rows, low=1)
+    sent = task_rows(test, "sentiment")
+    t = ANSWERS["sentiment"].index(target)
+    clean = sent.subset(np.sort(np.concatenate([np.flatnonzero(sent.label == c)[:rows] for c in (0, 1)])))
+    other = clean.subset(np.flatnonzero(clean.label != t))
+    trig = triggered(other, trigger, seed)
+    cleaned, cleaned_trig = (ex.replace(text=onion_clean(lm, tuned.tok, ex.text)) for ex in (clean, trig))
+    pred, pred_onion = predict(tuned, clean), predict(tuned, cleaned)
+    pred_other = pred[clean.label != t]
+    asr = tuple(attack_success_rate(pred_other, predict(tuned, ex), other.label, t)[0] for ex in (trig, cleaned_trig))
+    words = trigger.split()
+    removed = float(np.mean([not any(w in c.split() for w in words) for c in cleaned_trig.text]))
+    deleted = 1 - sum(len(c.split()) for c in cleaned.text) / sum(len(c.split()) for c in clean.text)
+    return OnionResult(removed, float(deleted), (float((pred == clean.label).mean()),
+                                                 float((pred_onion == clean.label).mean())),
+                       asr, len(clean), len(trig))
+
+
+def text_defense_rows(attacked: AttackResult, *, rate: float, poison: np.ndarray, kept: np.ndarray,
+                      filtered: AttackResult, onion: OnionResult,
+                      attack: str = "text trigger (Lab 3)") -> DefenseMatrix:
+    """Lab 3's defenses as rows of Lab 4's defense matrix, for the dirty-label trigger at ``rate``:
+    the loss filter (``kept``: the rows it kept, ``poison``: the ground truth; ``filtered``: the
+    model retrained on them) and ONION (an input filter: recall = triggers removed, no flags)."""
+    poison, kept = np.asarray(poison, dtype=bool), np.asarray(kept, dtype=bool)
+    if poison.shape != kept.shape or poison.ndim != 1 or not poison.any():
+        raise ValueError("poison and kept must be boolean masks of the same length, with at least one poison")
+    dropped = ~kept
+    mx = DefenseMatrix()
+    before = (attacked.clean_accuracy, attacked.asr)
+    mx.add("loss filter (rank gap)", attack, rate, before=before, recall=float(dropped[poison].mean()),
+           precision=float(poison[dropped].sum() / max(dropped.sum(), 1)),
+           fpr=float(dropped[~poison].mean()), ca_after=filtered.clean_accuracy, asr_after=filtered.asr)
+    mx.add("ONION", attack, rate, before=before, recall=onion.trigger_removed, ca_after=onion.accuracy[1],
+           asr_after=onion.asr[1])
+    return mx
 
 
 @dataclass
