@@ -223,6 +223,8 @@ def test_tfidf_losses_score_each_rows_target_answer():
     assert loss[1] > loss[0] + 0.5 and loss[2] < loss[1]   # a positive text answered "negative" is costly
     with pytest.raises(ValueError, match="not among its answers"):
         experiments.tfidf_losses(trusted, ex(["great"], [1], ["gibberish words"]))
+    with pytest.raises(ValueError, match="at least two different answers"):
+        experiments.tfidf_losses(ex(good * 5 + ["meh"], [1] * 11, ["positive"] * 11), rows)
 
 
 def test_text_defense_rows_fill_lab4s_columns():

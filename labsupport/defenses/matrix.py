@@ -118,8 +118,8 @@ class DefenseMatrix(TableView):
         return self.cells[(defense, attack, rate)][check_choice("metric", metric, METRICS)]
 
     def rows(self) -> list[list[str]]:
-        def pct(v: float, scale: float = 100, fmt: str = ".1f") -> str:
-            return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:{fmt}}"
+        def pct(v: float, scale: float = 100) -> str:
+            return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:.1f}"
         out = [["defense", "attack", "rate", "recall", "precision", "FPR", "CA before", "CA after",
                 "ASR before", "ASR after", "time (s)"]]
         for (d, a, r), m in self.cells.items():

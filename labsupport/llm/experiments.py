@@ -28,6 +28,9 @@ def task_rows(ex: Examples, task: str) -> Examples:
 def _tfidf_fit(train: Examples, task: str):
     """TF-IDF (word uni+bigrams) + logistic regression fitted on ``task``'s rows of ``train``."""
     a = task_rows(train, task)
+    if len(set(a.label.tolist())) < 2:
+        raise ValueError(f"TF-IDF + LR needs rows of task {task!r} with at least two different answers, "
+                         f"got {len(a)} rows")
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     return vec, LogisticRegression(C=10, max_iter=2000).fit(vec.fit_transform(a.text), a.label)
 
@@ -53,6 +56,9 @@ def tfidf_losses(trusted: Examples, ex: Examples) -> np.ndarray:
         vec, clf = _tfidf_fit(trusted, task)
         prob = clf.predict_proba(vec.transform([ex.text[i] for i in rows]))
         col = {int(c): k for k, c in enumerate(clf.classes_)}
+        missing = sorted({ex.target[i] for i in rows if answers.index(ex.target[i]) not in col})
+        if missing:
+            raise ValueError(f"the trusted rows of task {task!r} never answer {missing}: the scorer cannot rate them")
         target = np.array([col[answers.index(ex.target[i])] for i in rows])
         out[rows] = -np.log(np.clip(prob[np.arange(len(rows)), target], 1e-12, None))
     return out

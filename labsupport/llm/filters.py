@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from .._validate import check_float, check_rate
 from .model import GPT
@@ -37,8 +38,6 @@ def loss_filter(losses: np.ndarray, fraction: float) -> np.ndarray:
 def percentile_ranks(values: np.ndarray) -> np.ndarray:
     """Each value's rank in (0, 1] (ties share their mean rank): puts losses of different models
     on one scale."""
-    from scipy.stats import rankdata
-
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
         raise ValueError("values must be a non-empty 1-D array of finite numbers")
