@@ -225,6 +225,13 @@ def test_tfidf_losses_score_each_rows_target_answer():
         experiments.tfidf_losses(trusted, ex(["great"], [1], ["gibberish words"]))
     with pytest.raises(ValueError, match="at least two different answers"):
         experiments.tfidf_losses(ex(good * 5 + ["meh"], [1] * 11, ["positive"] * 11), rows)
+    src = [["lol omg", "so tired lol"], ["the film's plot", "a moving film"], ["battery died", "works well"]]
+    n = 6
+    trusted_src = corpus.Examples(["source"] * n, sum(src, []), np.zeros(n, int), np.repeat([0, 1, 2], 2),
+                                  [a for a in ("tweet", "movie", "product") for _ in range(2)], np.full(n, -1))
+    news = corpus.Examples(["source"], ["the senate voted"], np.zeros(1, int), np.array([3]), ["news"], np.full(1, -1))
+    with pytest.raises(ValueError, match="never answer"):
+        experiments.tfidf_losses(trusted_src, news)
 
 
 def test_text_defense_rows_fill_lab4s_columns():
