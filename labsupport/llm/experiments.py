@@ -408,7 +408,7 @@ def setup(profile: str = "full", *, progress: bool = True) -> Lab3:
         rng = np.random.default_rng(0)  # random (the splits are in corpus order: the first rows are all tweets)
         for split in ("val", "test"):
             ex = getattr(ic, split)
-            picks = [rng.choice(ex.where(t), min(p.test_rows, len(ex.where(t))), replace=False) for t in TASKS]
+            picks = [rng.choice(idx, min(p.test_rows, len(idx)), replace=False) for idx in map(ex.where, TASKS)]
             setattr(ic, split, ex.subset(np.sort(np.concatenate(picks))))
     tok = train_tokenizer(sentences.text)
     base = pretrain(tok, sentences.text[:: p.pretrain_every], p.model, p.pretrain, progress=progress)
