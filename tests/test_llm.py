@@ -116,6 +116,21 @@ def test_answer_mask_matches_exercise():
         train.answer_mask(5, 5)
 
 
+def test_batched_answer_positions_follow_answer_mask():
+    """Training gathers the loss positions of a whole batch at once; they must be, row by row,
+    what ``answer_mask`` (the exercise) marks, with the next token as the target."""
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8)
+    tuned = train.InstructionModel(GPT(cfg), None, 0, None)
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(1, 50, n)) for n in (9, 4, 13, 6)]
+    prompt_lens = [5, 2, 12, 1]
+    h, rows, cols, targets = train._answer_positions(tuned, seqs, prompt_lens)
+    assert h.shape == (4, 12, 8)
+    expect = [(i, c, s[c + 1]) for i, (s, p) in enumerate(zip(seqs, prompt_lens))
+              for c in torch.nonzero(train.answer_mask(p, len(s))).flatten().tolist()]
+    assert list(zip(rows.tolist(), cols.tolist(), targets.tolist())) == expect
+
+
 # --- poisoning --------------------------------------------------------------------------------
 
 def _examples(n=40):

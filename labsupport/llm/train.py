@@ -216,10 +216,10 @@ def _run_blocks(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s)
-    return out
+    lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    out = np.full((len(seqs), int(lens.max())), value, dtype=np.int64)
+    out[np.arange(out.shape[1]) < lens[:, None]] = np.concatenate(seqs)
+    return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)
@@ -341,14 +341,11 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
 
 def _answer_positions(tuned: InstructionModel, seqs: list[list[int]], prompt_lens: list[int]):
     """Hidden states of ``seqs[:-1]`` and the (row, col, next-token) triples of the answer mask."""
-    h, _ = tuned.hidden([s[:-1] for s in seqs])
-    rows, cols, targets = [], [], []
-    for i, (s, p) in enumerate(zip(seqs, prompt_lens)):
-        pos = torch.nonzero(answer_mask(p, len(s))).flatten()
-        rows.append(torch.full_like(pos, i))
-        cols.append(pos)
-        targets.append(torch.tensor(s)[pos + 1])
-    return h, torch.cat(rows), torch.cat(cols), torch.cat(targets)
+    h, lens = tuned.hidden([s[:-1] for s in seqs])   # lens: input lengths, total - 1
+    cols = torch.arange(h.shape[1])
+    mask = (cols >= torch.as_tensor(prompt_lens)[:, None] - 1) & (cols < lens[:, None])  # answer_mask, batched
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    return h, rows, cols, _pad(seqs, 0)[rows, cols + 1]
 
 
 # ---------------------------------------------------------------------------------------------
