@@ -14,7 +14,7 @@ softmax classes W((C−1)/e)) the target cannot be a stationary point — no att
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -112,10 +112,20 @@ def reachability_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def gradient_canceling(x: torch.Tensor, y: torch.Tensor, target: Linear, epsilon: float, *, steps: int = 300,
-                       lr: float = 0.05, seed: int = 0, progress: bool = False) -> Poisoned:
-    """Craft ⌈εn⌉ poisons (features in [0, 1], labels kept from the training rows they start at)
-    whose summed loss gradient at ``target`` cancels the clean one; Adam on the features."""
+                       lr: float = 0.05, box: tuple[float, float] | None = (0.0, 1.0), seed: int = 0,
+                       progress: bool = False) -> Poisoned:
+    """Craft ⌈εn⌉ poisons whose summed loss gradient at ``target`` cancels the clean one; Adam on
+    the features, projected onto ``box`` (valid pixels) after every step.
+
+    ``box=None`` leaves the features unconstrained, as the paper's reference code does: a poison
+    with pixels far outside [0, 1] carries a gradient many times larger, so far fewer of them cancel
+    the clean gradient — and a range check on the training data rejects every one of them.
+    """
     check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
+    if box is not None:
+        if not (isinstance(box, tuple) and len(box) == 2 and all(isinstance(v, (int, float)) for v in box)
+                and np.isfinite(box).all() and box[0] < box[1]):
+            raise ValueError(f"box must be None or a (low, high) pair of finite numbers with low < high; got {box!r}")
     n = len(y)
     k = max(1, int(round(epsilon * n)))
     gen = torch.Generator().manual_seed(seed)
@@ -139,14 +149,16 @@ def gradient_canceling(x: torch.Tensor, y: torch.Tensor, target: Linear, epsilon
         opt.zero_grad()
         obj.backward()
         opt.step()
-        with torch.no_grad():
-            xp.clamp_(0.0, 1.0)
+        if box is not None:
+            with torch.no_grad():
+                xp.clamp_(*box)
         history.append(float(obj.detach()))
     xs = torch.cat([x, xp.detach()])
     ys = torch.cat([y, yp])
     mask = torch.zeros(len(ys), dtype=torch.bool)
     mask[n:] = True
-    return Poisoned(xs, ys, mask, f"gradient canceling ε={epsilon}", {"objective": history, "rows": rows})
+    name = f"gradient canceling ε={epsilon}" + ("" if box is not None else ", no pixel box")
+    return Poisoned(xs, ys, mask, name, {"objective": history, "rows": rows})
 
 
 def flip_copies(x: torch.Tensor, y: torch.Tensor, clean: Linear, epsilon: float, seed: int = 0) -> Poisoned:
@@ -174,17 +186,23 @@ class CancelingResult:
     epsilons: tuple[float, ...]
     canceling: list[float]
     flipping: list[float]
+    unboxed: list[float] = field(default_factory=list)   # poisons outside [0, 1] (``unboxed=True``)
 
     def drops(self) -> dict[str, list[float]]:
-        return {"gradient canceling": [self.clean - a for a in self.canceling],
-                "label flipping": [self.clean - a for a in self.flipping]}
+        out = {"gradient canceling": [self.clean - a for a in self.canceling]}
+        if self.unboxed:
+            out["gradient canceling, no pixel box"] = [self.clean - a for a in self.unboxed]
+        out["label flipping"] = [self.clean - a for a in self.flipping]
+        return out
 
 
 def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                          epsilons: Sequence[float] = (0.03, 0.1, 1.0), *, radius: float = 0.5, warmup: int = 10,
-                         steps: int = 300, seed: int = 0, progress: bool = True) -> CancelingResult:
+                         steps: int = 300, unboxed: bool = False, seed: int = 0, progress: bool = True
+                         ) -> CancelingResult:
     """Clean model → GradPC target → per ε: gradient-canceling poisons and label-flip copies, each
-    retrained from scratch (L-BFGS) and tested. Inputs are flattened images (N, d) in [0, 1]."""
+    retrained from scratch (L-BFGS) and tested. Inputs are flattened images (N, d) in [0, 1].
+    ``unboxed`` adds gradient canceling without the pixel box (the paper's code) per ε."""
     num_classes = int(y_train.max()) + 1
     clean = fit_logreg(x_train, y_train, num_classes)
     target = gradpc_target(x_train, y_train, num_classes, radius=radius, warmup=warmup)
@@ -193,6 +211,9 @@ def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
     for eps in tqdm(epsilons, desc="gradient canceling", disable=not progress):
         gc = gradient_canceling(x_train, y_train, target, eps, steps=steps, seed=seed)
         res.canceling.append(100 * fit_logreg(gc.x, gc.y, num_classes, init=clean).accuracy(x_test, y_test))
+        if unboxed:
+            free = gradient_canceling(x_train, y_train, target, eps, steps=steps, box=None, seed=seed)
+            res.unboxed.append(100 * fit_logreg(free.x, free.y, num_classes, init=clean).accuracy(x_test, y_test))
         lf = flip_copies(x_train, y_train, clean, eps, seed)
         res.flipping.append(100 * fit_logreg(lf.x, lf.y, num_classes, init=clean).accuracy(x_test, y_test))
     return res
