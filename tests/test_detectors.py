@@ -146,6 +146,8 @@ def test_activations_layers(small):
     (lambda m, x, y: spectral.spectral_signatures(m, x, y, eps=1.5), "eps=1.5 is out of range"),
     (lambda m, x, y: spectral.spectre(m, x, y, eps=-0.1), "eps=-0.1 is out of range"),
     (lambda m, x, y: spectral.spectre(m, x, y, eps=0.1, alpha=float("nan")), "alpha"),
+    (lambda m, x, y: spectral.spectre(m, x, y, eps=()), "non-empty sequence"),
+    (lambda m, x, y: spectral.spectre(m, x, y, eps=(0.5, 1.0)), "eps=1.0 is out of range"),
     (lambda m, x, y: strip.Strip.fit(m, x, frr=1.0), "frr=1.0 is out of range"),
     (lambda m, x, y: strip.Strip.fit(m, x, n=0), "n=0 is out of range"),
     (lambda m, x, y: strip.strip_entropy(m, x * 255, x, n=2), "0-255"),
@@ -243,6 +245,27 @@ def test_spectre_is_stable_where_spectral_signatures_are_not(reference_seeds):
         robust.append(ls.auroc(det.scores[rows], poisoned.mask[rows]))
         assert det.evaluate(poisoned.mask)["recall"] >= 0.95
     assert min(robust) >= 0.99 and min(robust) >= max(plain) - 0.01, (plain, robust)
+
+
+@pytest.mark.slow
+def test_spectre_twice_removes_the_poisons_when_half_the_class_is_poison(fmnist):
+    """The reference setting at 10 % poison: half of class 9 is poison, the robust estimate of a
+    single pass breaks down and leaves ~3 % of the poisons (enough for the backdoor: retrained ASR
+    ~14 %); a second pass on what it kept finds them (measured: 97.1 % -> 100 %, ASR 0.6 %)."""
+    cfg = ls.TrainConfig(epochs=5, batch_size=128, lr=2e-3)
+    trig = ls.Patch()
+    poisoned = ls.badnets(fmnist.x_train, fmnist.y_train, trig, 9, rate=0.1, seed=0)
+    model = ls.train_model("mlp", poisoned.x, poisoned.y, cfg, progress=False)
+    once = spectral.spectre(model, poisoned.x, poisoned.y, eps=0.5, classes=[9])
+    twice = spectral.spectre(model, poisoned.x, poisoned.y, eps=(0.5, 0.1), classes=[9])
+    assert once.evaluate(poisoned.mask)["recall"] >= 0.9
+    assert (twice.flags | once.flags).equal(twice.flags) and torch.equal(twice.scores, once.scores)
+    assert twice.evaluate(poisoned.mask)["recall"] >= 0.995, twice.info
+    kept = ~twice.flags
+    after = ls.train_model("mlp", poisoned.x[kept], poisoned.y[kept], cfg, progress=False)
+    xe, ye = fmnist.x_test[2000:], fmnist.y_test[2000:]
+    assert ls.attack_success_rate(after, xe, ye, trig, 9) <= 0.10
+    assert ls.clean_accuracy(after, xe, ye) >= ls.clean_accuracy(model, xe, ye) - 0.03
 
 
 @pytest.mark.slow
