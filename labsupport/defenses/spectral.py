@@ -106,7 +106,7 @@ def spectre(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | 
     poisons the first one left. ``scores`` are the first pass's; ``flags`` the union of all passes.
     """
     check_data(x, y)
-    passes = [eps] if isinstance(eps, (int, float)) else list(eps)
+    passes = list(eps) if isinstance(eps, (list, tuple)) else [eps]
     if not passes:
         raise ValueError("eps must be a fraction in (0, 1) or a non-empty sequence of them (one per pass)")
     fractions = []
