@@ -363,7 +363,7 @@ def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
         h, lens = tuned.hidden([prompts[i] for i in rows])
-        last = h[torch.arange(len(rows)), (lens - 1).to(h.device)]
+        last = h[torch.arange(len(rows), device=h.device), (lens - 1).to(h.device)]
         logp = torch.log_softmax(tuned.model.head(last).float(), -1).cpu()
         for j, i in enumerate(rows):
             out[i] = logp[j, answer_ids[ex.task[i]]].numpy()
@@ -385,7 +385,8 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256)
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
         h, r, c, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
-        nll = F.cross_entropy(tuned.model.head(h[r, c]).float(), t, reduction="none")
+        dev = h.device
+        nll = F.cross_entropy(tuned.model.head(h[r.to(dev), c.to(dev)]).float(), t.to(dev), reduction="none").cpu()
         out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
     return out
 
