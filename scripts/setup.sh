@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the course needs, idempotently: a virtual environment (.venv), PyTorch,
 # labsupport with its extras (EXTRAS, default test,grading,browser,lab4), the offline datasets, and with
-# --test Debian's chromium for the browser test. Safe to run again.
+# --test also the smol extra, the SmolLM2 model file and Debian's chromium for the browser test.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,7 +26,10 @@ if ! "$P" -c "import torch, torchvision" 2>/dev/null; then
   "$P" -m pip install -q ${TORCH_SPEC:-$default_spec} 2>&1 | { grep -v "is ignored: it is neither" || true; }
 fi
 
-EXTRAS=${EXTRAS:-test,grading,browser,lab4}
+DEFAULT_EXTRAS=test,grading,browser,lab4
+# the test run also checks Lab 3's optional SmolLM2 path on the CPU (its GPU experiment is skipped)
+[ "${1:-}" = "--test" ] && DEFAULT_EXTRAS="$DEFAULT_EXTRAS,smol"
+EXTRAS=${EXTRAS:-$DEFAULT_EXTRAS}
 echo "==> installing labsupport and its dependencies (extras: $EXTRAS)"
 "$P" -m pip install -q -e ".[$EXTRAS]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
@@ -52,3 +56,7 @@ fi
 
 echo "==> preparing datasets"
 "$VENV/bin/labsupport" data prepare fashion-mnist digits vader
+if [ "${1:-}" = "--test" ] && [[ ",$EXTRAS," == *",smol,"* ]]; then
+  "$VENV/bin/labsupport" data prepare smollm2 \
+    || echo "    could not fetch SmolLM2 (98 MB, once); its model tests will be skipped"
+fi

