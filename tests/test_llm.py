@@ -125,10 +125,41 @@ def test_batched_answer_positions_follow_answer_mask():
     seqs = [list(rng.integers(1, 50, n)) for n in (9, 4, 13, 6)]
     prompt_lens = [5, 2, 12, 1]
     h, rows, cols, targets = train._answer_positions(tuned, seqs, prompt_lens)
-    assert h.shape == (4, 12, 8)
     expect = [(i, c, s[c + 1]) for i, (s, p) in enumerate(zip(seqs, prompt_lens))
               for c in torch.nonzero(train.answer_mask(p, len(s))).flatten().tolist()]
     assert list(zip(rows.tolist(), cols.tolist(), targets.tolist())) == expect
+    with torch.no_grad():
+        full = tuned.hidden([s[:-1] for s in seqs])   # every position, padded
+    assert h.shape == (len(expect), 8) and torch.allclose(h, full[rows, cols], atol=1e-6)
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_hidden_at_positions_is_the_full_computation_there(start):
+    """The last block computes its queries, residual and MLP only where a loss reads them; values
+    and gradients must be those of the full forward pass at those positions, padding included."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=60, block_size=16, n_layer=3, n_head=2, n_embd=16))
+    idx = torch.randint(0, 60, (5, 11))
+    rows = torch.tensor([0, 0, 1, 2, 2, 2, 4])          # row 3 has none; several per row elsewhere
+    cols = torch.tensor([3, 10, 0, 4, 5, 9, 7])
+    x = model.embed(idx)
+    for block in model.blocks[:start]:
+        x = block(x)
+    x = x.detach()
+    grads = []
+    for positions in (None, (rows, cols)):
+        model.zero_grad()
+        h = model.hidden(idx if start == 0 else None, start, None if start == 0 else x, positions=positions)
+        h = h[rows, cols] if positions is None else h
+        (h.square().sum() + model.head(h).logsumexp(-1).sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if positions is None:
+            want = h.detach()
+        else:
+            assert h.shape == (len(rows), 16) and torch.allclose(h, want, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
 
 
 # --- poisoning --------------------------------------------------------------------------------
@@ -337,7 +368,7 @@ def test_frozen_cache_matches_full_forward(small, tok):
     tuned = train.instruction_tune(base, tok, ic.train.subset(np.arange(64)),
                                    train.TuneConfig(epochs=1, train_top=1), progress=False)
     seqs = train.encode_prompts(tok, ic.test.subset(np.arange(8)))
-    h, _ = tuned.hidden(seqs)
+    h = tuned.hidden(seqs)
     with torch.no_grad():
         for i, s in enumerate(seqs):
             full = tuned.model.hidden(torch.tensor(s)[None])[0]  # frozen bottom = base's bottom

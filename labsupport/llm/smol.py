@@ -174,14 +174,16 @@ class HFCausalLM(nn.Module):
         c = lm.config
         self.cfg = HFConfig(c.num_hidden_layers, c.hidden_size, c.vocab_size)
 
-    def hidden(self, idx: torch.Tensor, start: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, start: int = 0, x: torch.Tensor | None = None,
+               positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if start or x is not None:
             raise ValueError(f"a frozen bottom is not supported for SmolLM2: tune all layers "
                              f"(train_top={self.cfg.n_layer})")
         if idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size={self.cfg.block_size}")
         with autocast(idx.device):
-            return self.lm.model(input_ids=idx).last_hidden_state
+            h = self.lm.model(input_ids=idx).last_hidden_state
+        return h if positions is None else h[positions]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         with autocast(h.device):

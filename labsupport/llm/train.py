@@ -2,8 +2,9 @@
 
 * :func:`pretrain` - the language-modelling objective on all corpus sentences, packed into
   ``block_size`` windows; cached as safetensors and reused by every later run.
-* :func:`instruction_tune` - the loss on the answer tokens only (:func:`answer_mask`), sequences
-  bucketed by length so a batch pads to its own longest row. The bottom ``n_layer - train_top``
+* :func:`instruction_tune` - the loss on the answer tokens only (:func:`answer_mask`), the last
+  block and the output layer evaluated at those positions alone, sequences bucketed by length so a
+  batch pads to its own longest row. The bottom ``n_layer - train_top``
   blocks are frozen and their outputs computed once per distinct prompt (:class:`FrozenCache`):
   a sweep of many tuned models pays for the frozen body once.
 * :func:`answer_logprobs` / :func:`predict` - the log-probability of every allowed answer at the
@@ -30,7 +31,7 @@ from ..io import IntegrityError, load_model, save_model
 from ..paths import model_cache
 from ..training import configure_threads, flush_denormals, pick_device
 from .corpus import ANSWERS, TEMPLATES, Examples
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, Positions
 from .tokenizer import TextTokenizer
 
 MAX_TEXT_TOKENS = 40  # a sentence is cut to this many tokens inside a prompt
@@ -248,17 +249,24 @@ class InstructionModel:
     frozen: int
     cache: FrozenCache
 
-    def hidden(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states of padded ``seqs`` and their lengths (via the frozen cache)."""
-        lens = torch.tensor([len(s) for s in seqs])
+    def hidden(self, seqs: list[list[int]], positions: Positions | None = None) -> torch.Tensor:
+        """Final hidden states of padded ``seqs`` (via the frozen cache): ``[b, t, c]``, or
+        ``[n, c]`` at ``positions = (rows, cols)`` only (see :meth:`GPT.hidden`)."""
         dev = next(self.model.parameters()).device
+        if positions is not None:
+            positions = (positions[0].to(dev), positions[1].to(dev))
         if self.frozen == 0:
-            return self.model.hidden(_pad(seqs, 0).to(dev)), lens
+            return self.model.hidden(_pad(seqs, 0).to(dev), positions=positions)
         feats = self.cache.get(seqs)
-        x = torch.zeros(len(seqs), int(lens.max()), self.model.cfg.n_embd)
+        x = torch.zeros(len(seqs), max(map(len, seqs)), self.model.cfg.n_embd)
         for i, f in enumerate(feats):
             x[i, : len(f)] = f.float()
-        return self.model.hidden(None, self.frozen, x.to(dev)), lens
+        return self.model.hidden(None, self.frozen, x.to(dev), positions=positions)
+
+    def last_hidden(self, seqs: list[list[int]]) -> torch.Tensor:
+        """``[b, c]``: each sequence's final hidden state at its last token (the next-token input)."""
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        return self.hidden(seqs, (torch.arange(len(seqs)), last))
 
 
 def _buckets(lengths: np.ndarray, batch_size: int, gen: np.random.Generator,
@@ -325,10 +333,8 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
         for rows in (rows for batches in plan for rows in batches):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, config.lr, min(20, total // 10))
-            h, loss_rows, loss_cols, targets = _answer_positions(tuned, [seqs[i] for i in rows],
-                                                                 [len(prompts[i]) for i in rows])
-            logits = model.head(h[loss_rows.to(dev), loss_cols.to(dev)])
-            loss = F.cross_entropy(logits.float(), targets.to(dev))
+            h, _, _, targets = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
+            loss = F.cross_entropy(model.head(h).float(), targets.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -340,11 +346,13 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
 
 
 def _answer_positions(tuned: InstructionModel, seqs: list[list[int]], prompt_lens: list[int]):
-    """Hidden states of ``seqs[:-1]`` and the (row, col, next-token) triples of the answer mask."""
-    h, lens = tuned.hidden([s[:-1] for s in seqs])   # lens: input lengths, total - 1
-    cols = torch.arange(h.shape[1])
+    """The (row, col) pairs of the answer mask over the inputs ``seqs[:-1]``, the final hidden
+    states there (``[n, c]``, nowhere else) and the next tokens they predict."""
+    lens = torch.tensor([len(s) - 1 for s in seqs])   # input lengths
+    cols = torch.arange(int(lens.max()))
     mask = (cols >= torch.as_tensor(prompt_lens)[:, None] - 1) & (cols < lens[:, None])  # answer_mask, batched
     rows, cols = torch.nonzero(mask, as_tuple=True)
+    h = tuned.hidden([s[:-1] for s in seqs], (rows, cols))
     return h, rows, cols, _pad(seqs, 0)[rows, cols + 1]
 
 
@@ -362,8 +370,7 @@ def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256
     order = np.argsort([len(p) for p in prompts], kind="stable")
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
-        h, lens = tuned.hidden([prompts[i] for i in rows])
-        last = h[torch.arange(len(rows), device=h.device), (lens - 1).to(h.device)]
+        last = tuned.last_hidden([prompts[i] for i in rows])
         logp = torch.log_softmax(tuned.model.head(last).float(), -1).cpu()
         for j, i in enumerate(rows):
             out[i] = logp[j, answer_ids[ex.task[i]]].numpy()
@@ -384,9 +391,8 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256)
     order = np.argsort([len(s) for s in seqs], kind="stable")
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
-        h, r, c, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
-        dev = h.device
-        nll = F.cross_entropy(tuned.model.head(h[r.to(dev), c.to(dev)]).float(), t.to(dev), reduction="none").cpu()
+        h, r, _, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
+        nll = F.cross_entropy(tuned.model.head(h).float(), t.to(h.device), reduction="none").cpu()
         out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
     return out
 
@@ -401,8 +407,7 @@ def generate(tuned: InstructionModel, prompt: str, max_new_tokens: int = 12) -> 
     out = []
     for _ in range(max_new_tokens):
         seq = (ids + out)[-tuned.model.cfg.block_size:]
-        h, _ = tuned.hidden([seq])
-        nxt = int(tuned.model.head(h[0, -1]).argmax())
+        nxt = int(tuned.model.head(tuned.last_hidden([seq])[0]).argmax())
         if nxt == tuned.tok.eos_id:
             break
         out.append(nxt)
