@@ -348,15 +348,21 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
     return tuned
 
 
-def _answer_positions(tuned: InstructionModel, seqs: list[list[int]], prompt_lens: list[int]):
-    """The (row, col) pairs of the answer mask over the inputs ``seqs[:-1]``, the final hidden
-    states there (``[n, c]``, nowhere else) and the next tokens they predict."""
+def _answer_targets(seqs: list[list[int]], prompt_lens: list[int]):
+    """The (row, col) pairs of the answer mask over the inputs ``seqs[:-1]`` and the next tokens
+    they predict."""
     lens = torch.tensor([len(s) - 1 for s in seqs])   # input lengths
     cols = torch.arange(int(lens.max()))
     mask = (cols >= torch.as_tensor(prompt_lens)[:, None] - 1) & (cols < lens[:, None])  # answer_mask, batched
     rows, cols = torch.nonzero(mask, as_tuple=True)
-    h = tuned.hidden([s[:-1] for s in seqs], (rows, cols))
-    return h, rows, cols, _pad(seqs, 0)[rows, cols + 1]
+    return rows, cols, _pad(seqs, 0)[rows, cols + 1]
+
+
+def _answer_positions(tuned: InstructionModel, seqs: list[list[int]], prompt_lens: list[int]):
+    """:func:`_answer_targets` and the final hidden states at those positions (``[n, c]``,
+    nowhere else): ``h, rows, cols, targets``."""
+    rows, cols, targets = _answer_targets(seqs, prompt_lens)
+    return tuned.hidden([s[:-1] for s in seqs], (rows, cols)), rows, cols, targets
 
 
 # ---------------------------------------------------------------------------------------------
