@@ -375,6 +375,42 @@ def test_frozen_cache_matches_full_forward(small, tok):
             assert torch.allclose(h[i, : len(s)], full, atol=0.05)
 
 
+def test_tuned_models_are_cached_and_verified(tok, tmp_path, monkeypatch):
+    """The same tuning run again loads its verified safetensors instead of training; any change of
+    rows, answers or settings trains anew; a damaged file is retrained with a warning."""
+    monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path))
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_embd=32, n_head=2))
+    ex = _examples(48)
+    cfg = train.TuneConfig(epochs=1, batch_size=16, train_top=1)
+    first = train.instruction_tune(base, tok, ex, cfg, progress=False)
+    files = sorted(tmp_path.glob("gpt-tune-*.safetensors"))
+    assert len(files) == 1
+    calls, adamw = [], train._adamw
+
+    def counting_adamw(*args, **kwargs):   # an optimizer is made only when a run trains
+        calls.append(1)
+        return adamw(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_adamw", counting_adamw)
+    again = train.instruction_tune(base, tok, ex, cfg, progress=False)
+    assert not calls, "the cached run trained again"
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert again.frozen == 1 and again.model.lm_head is not None   # the same shape of model
+    np.testing.assert_array_equal(train.example_losses(first, ex), train.example_losses(again, ex))
+    changed = ex.replace(target=["positive"] * len(ex))
+    train.instruction_tune(base, tok, changed, cfg, progress=False)
+    train.instruction_tune(base, tok, ex, replace(cfg, seed=1), progress=False)
+    assert len(calls) == 2 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 3
+    files[0].write_bytes(files[0].read_bytes()[:-8] + b"\0" * 8)   # damage the tensor data
+    with pytest.warns(UserWarning, match="failed verification"):
+        train.instruction_tune(base, tok, ex, cfg, progress=False)
+    assert len(calls) == 3
+    train.instruction_tune(base, tok, ex, cfg, reuse=False, progress=False)
+    assert len(calls) == 4
+
+
 def test_long_answers_shorten_the_sentence_not_the_answer(small, tok):
     # the denial-of-service answer is several words: prompt + answer must still fit the block
     ic, base = small

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._validate import check_int, check_optimizer_settings
-from ..io import IntegrityError, load_model, save_model
+from ..io import IntegrityError, load_model, save_model, tensors_sha256
 from ..paths import model_cache
 from ..training import configure_threads, flush_denormals, pick_device
 from .corpus import ANSWERS, TEMPLATES, Examples
@@ -290,7 +290,7 @@ def _buckets(lengths: np.ndarray, batch_size: int, gen: np.random.Generator,
 
 def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfig = TuneConfig(),
                      *, cache: FrozenCache | None = None, order: np.ndarray | None = None,
-                     progress: bool = True, desc: str = "instruction-tune") -> InstructionModel:
+                     reuse: bool = True, progress: bool = True, desc: str = "instruction-tune") -> InstructionModel:
     """Instruction-tune a copy of ``base`` on ``train`` with the loss on answer tokens only.
 
     Args:
@@ -300,6 +300,10 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
         cache: a :class:`FrozenCache` of ``base`` to share between runs (made if None).
         order: a fixed presentation order of rows for a single pass (the ordering ablation);
             None shuffles length buckets each epoch.
+        reuse: keep the tuned weights in the model cache (safetensors, verified on load), keyed by
+            the base model's weights, the tokenizer, the exact rows and answers, ``config``,
+            ``order`` and the device: running the same tuning again loads them instead (the
+            course's own :class:`GPT` only; a transformers model is always tuned afresh).
     """
     if not isinstance(train, Examples) or len(train) == 0:
         raise ValueError("train must be a non-empty Examples")
@@ -316,6 +320,15 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
         top = not name.startswith("blocks.") or int(name.split(".")[1]) >= frozen
         p.requires_grad_(top and (frozen == 0 or not name.startswith("w")))
     tuned = InstructionModel(model, tok, frozen, cache)
+    dev = next(model.parameters()).device
+    path = _tune_path(base, tok, train, config, order, dev) if reuse and isinstance(base, GPT) else None
+    if path is not None and path.exists():
+        try:
+            load_model(path, model, require_digest=True)
+            model.eval()
+            return tuned
+        except (IntegrityError, RuntimeError) as exc:
+            warnings.warn(f"{path.name} failed verification ({exc}); tuning again", stacklevel=2)
     prompts, seqs = encode_sequences(tok, train, base.cfg.block_size)
     if frozen:
         cache.get([s[:-1] for s in seqs])
@@ -330,7 +343,6 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
     opt = _adamw(model, config.weight_decay, config.lr)
     model.train()
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
-    dev = next(model.parameters()).device
     step = 0
     with flush_denormals(dev):
         for rows in (rows for batches in plan for rows in batches):
@@ -345,7 +357,18 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
             bar.update()
     bar.close()
     model.eval()
+    if path is not None:
+        save_model(path, model, {"tune": config.__dict__})
     return tuned
+
+
+def _tune_path(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfig, order: np.ndarray | None,
+               dev: torch.device):
+    """Where :func:`instruction_tune` keeps the result of exactly this run."""
+    key = _digest(tensors_sha256(base.state_dict()), hashlib.sha256(tok.to_json().encode()).hexdigest(),
+                  list(train.task), list(train.text), np.asarray(train.template).tolist(), list(train.target),
+                  config.__dict__, None if order is None else np.asarray(order).tolist(), dev.type)
+    return model_cache() / f"gpt-tune-{key}.safetensors"
 
 
 def _answer_targets(seqs: list[list[int]], prompt_lens: list[int]):
