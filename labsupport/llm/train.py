@@ -150,19 +150,21 @@ def answer_mask(prompt_len: int, total_len: int) -> torch.Tensor:
     return mask
 
 
+def _prompts(tok: TextTokenizer, tasks, texts, templates, max_text: int) -> list[list[int]]:
+    """Token ids of the prompts, each sentence cut to ``max_text`` tokens, in two batched calls of
+    the tokenizer."""
+    texts = [text if len(ids) <= max_text else tok.decode(ids[:max_text])
+             for text, ids in zip(texts, tok.encode_batch(list(texts)))]
+    return tok.encode_batch([TEMPLATES[task][t].format(text=text) for task, text, t in zip(tasks, texts, templates)])
+
+
 def _prompt(tok: TextTokenizer, task: str, text: str, template: int, max_text: int) -> list[int]:
-    ids = tok.encode(text)
-    if len(ids) > max_text:
-        text = tok.decode(ids[:max_text])
-    return tok.encode(TEMPLATES[task][template].format(text=text))
+    return _prompts(tok, [task], [text], [template], max_text)[0]
 
 
 def encode_prompts(tok: TextTokenizer, ex: Examples) -> list[list[int]]:
-    """Token ids of each row's prompt, the sentence cut to :data:`MAX_TEXT_TOKENS` tokens (what
-    :func:`_prompt` gives row by row, in two batched calls of the tokenizer)."""
-    texts = [text if len(ids) <= MAX_TEXT_TOKENS else tok.decode(ids[:MAX_TEXT_TOKENS])
-             for text, ids in zip(ex.text, tok.encode_batch(list(ex.text)))]
-    return tok.encode_batch([TEMPLATES[task][t].format(text=text) for task, text, t in zip(ex.task, texts, ex.template)])
+    """Token ids of each row's prompt, the sentence cut to :data:`MAX_TEXT_TOKENS` tokens."""
+    return _prompts(tok, ex.task, ex.text, ex.template, MAX_TEXT_TOKENS)
 
 
 def encode_answers(tok: TextTokenizer, targets: list[str]) -> list[list[int]]:
