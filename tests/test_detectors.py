@@ -288,6 +288,20 @@ def test_neural_cleanse_finds_and_unlearns_the_target(reference):
 
 
 @pytest.mark.slow
+def test_fine_pruning_removes_the_backdoor_at_some_ratio(fmnist, reference_seeds):
+    """Issue 8's target on three training seeds: with 5,000 clean images and the 20-epoch
+    fine-tune, some ratio leaves ASR <= 20 % at a CA drop <= 3 points (measured at 0.95: ASR
+    7.7-19.1 %, CA drop 2.0-2.6 over five seeds); fine-tuning alone leaves ASR at 38-80 %."""
+    models, poisoned = reference_seeds
+    xd, yd, xe, ye = fmnist.x_test[:5000], fmnist.y_test[:5000], fmnist.x_test[5000:], fmnist.y_test[5000:]
+    for model in models:
+        curve = pruning.pruning_curve(model, xd, yd, (0.0, 0.9, 0.95), xe, ye, poisoned.trigger, 9)
+        assert curve.before[1] >= 95, curve
+        assert curve.meets(max_asr=20, max_ca_drop=3), curve
+        assert curve.asr[0] > 30, curve                  # the pruning matters: fine-tuning alone keeps it
+
+
+@pytest.mark.slow
 def test_probe_separates_triggered_activations(reference):
     model, _, trig, xd, *_ = reference
     probe = ActivationProbe().fit(model, xd[:1000], trig(xd[:1000]))

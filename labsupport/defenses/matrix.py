@@ -14,7 +14,7 @@ The default attacks are those the course MLP learns (:data:`MLP_ATTACKS`).
 * Neural Cleanse - unlearn the flagged labels (nothing flagged: the model is unchanged);
   detection is per label (recall 1 = the target was flagged);
 * fine-pruning - prune 90 % of the last hidden layer (CNN: of the last conv layer's channels),
-  fine-tune; it detects nothing.
+  fine-tune (:data:`pruning.FINE_TUNE`, 20 epochs); it detects nothing.
 
 Random-location and BaN run on the course CNN (:data:`CNN_ATTACKS`), the rest on the MLP.
 """

@@ -1,19 +1,25 @@
 """Fine-pruning (Liu, Dolan-Gavitt & Garg 2018): a backdoor often lives in units that clean
 inputs leave dormant. Prune the units of the last hidden layer (the course MLP) or the channels of
 the last convolutional layer (the course CNN, as in the paper) with the smallest mean activation
-on clean data, then fine-tune briefly on clean data.
+on clean data, then fine-tune on clean data.
 
-Pruning removes the units for good (a smaller model), so fine-tuning cannot revive them.
+Pruning removes the units for good (a smaller model), so fine-tuning cannot revive them. The
+fine-tuning is most of the defense on the course MLP: 4 epochs leave ASR at 29-71 % (ratio
+0.9-0.8, 2,000 clean images), 20 epochs on 5,000 images bring it to 8-19 % at ratio 0.95 with
+2-2.6 points of clean accuracy (five training seeds; BENCHMARKS.md, ninth session).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .._validate import check_float
+from ..metrics import attack_success_rate, clean_accuracy
 from ..models import MLP, SmallCNN
 from ..training import TrainConfig, fit
 from .common import activations, check_data, model_device
@@ -67,12 +73,49 @@ def _prune_cnn(model: SmallCNN, keep: torch.Tensor) -> SmallCNN:
     return small.to(model_device(model)).eval()
 
 
+#: the fine-tuning after pruning: 20 epochs at the course learning rate (4 epochs leave the backdoor)
+FINE_TUNE = TrainConfig(epochs=20, batch_size=64, lr=2e-3)
+
+
 def fine_prune(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, ratio: float, *,
                config: TrainConfig | None = None, progress: bool = False) -> nn.Module:
-    """Prune ``ratio`` of the last hidden layer (:func:`prune`), then fine-tune on (clean, labels)."""
+    """Prune ``ratio`` of the last hidden layer (:func:`prune`), then fine-tune on (clean, labels)
+    with ``config`` (default :data:`FINE_TUNE`)."""
     check_data(clean, labels)
     small = prune(model, clean, ratio)
-    if config is None:
-        config = TrainConfig(epochs=4, batch_size=64, lr=2e-3)
+    config = FINE_TUNE if config is None else config
     fit(small, clean, labels, config, device=model_device(model), progress=progress, desc="fine-tune")
     return small.eval()
+
+
+@dataclass
+class PruningCurve:
+    """CA and ASR (in %) after fine-pruning at each ratio; ``before`` = (CA, ASR) of the model."""
+
+    ratios: list[float]
+    ca: list[float]
+    asr: list[float]
+    before: tuple[float, float]
+
+    def meets(self, max_asr: float = 20.0, max_ca_drop: float = 3.0) -> list[float]:
+        """The ratios whose ASR is at most ``max_asr`` with a CA drop of at most ``max_ca_drop`` points."""
+        return [r for r, c, a in zip(self.ratios, self.ca, self.asr)
+                if a <= max_asr and self.before[0] - c <= max_ca_drop]
+
+    def __repr__(self) -> str:
+        pts = ", ".join(f"{r:g}: CA {c:.1f} / ASR {a:.1f}" for r, c, a in zip(self.ratios, self.ca, self.asr))
+        return f"PruningCurve(before CA {self.before[0]:.1f} / ASR {self.before[1]:.1f}; {pts})"
+
+
+def pruning_curve(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, ratios: Sequence[float],
+                  x_eval: torch.Tensor, y_eval: torch.Tensor, trigger: Callable[[torch.Tensor], torch.Tensor],
+                  target: int, *, config: TrainConfig | None = None) -> PruningCurve:
+    """:func:`fine_prune` at each ratio (ratio 0: fine-tuning alone), CA and ASR on (x_eval, y_eval)."""
+    check_data(x_eval, y_eval)
+    ca, asr = [], []
+    for r in ratios:
+        fixed = fine_prune(model, clean, labels, r, config=config)
+        ca.append(100 * clean_accuracy(fixed, x_eval, y_eval))
+        asr.append(100 * attack_success_rate(fixed, x_eval, y_eval, trigger, target))
+    before = (100 * clean_accuracy(model, x_eval, y_eval), 100 * attack_success_rate(model, x_eval, y_eval, trigger, target))
+    return PruningCurve(list(ratios), ca, asr, before)
