@@ -324,7 +324,7 @@ def test_dirty_label_trigger_is_learned(small, tok):
     # hide among low losses; a scorer tuned on the small trusted validation split knows the task
     # without the trigger and finds far more than 10 %; the clean model (an oracle) bounds it
     removed = {}
-    trusted = train.instruction_tune(base, tok, ic.val, replace(cfg, epochs=6), progress=False)
+    trusted = train.instruction_tune(base, tok, ic.val, replace(cfg, epochs=4), progress=False)
     losses = {name: train.example_losses(m, p.examples)
               for name, m in [("poisoned", dirty), ("trusted", trusted), ("oracle", clean)]}
     losses["trusted - poisoned"] = losses["trusted"] - losses["poisoned"]
