@@ -154,6 +154,9 @@ def test_activations_layers(small):
     (lambda m, x, y: clustering.activation_clustering(m, x, y, classes=[3]), "classes \\[3\\] have fewer than"),
     (lambda m, x, y: clustering.activation_clustering(m, x, y, rule="biggest"), "rule='biggest' is not allowed"),
     (lambda m, x, y: pruning.prune(m, x, 1.0), "ratio=1.0"),
+    (lambda m, x, y: pruning.pruning_curve(m, x, y, [], x, y, ls.Patch(), 0), "ratios is empty"),
+    (lambda m, x, y: pruning.pruning_curve(m, x, y, [0.5], x, y[:3], ls.Patch(), 0), "y_eval has 3 labels"),
+    (lambda m, x, y: pruning.pruning_curve(m, x, y, [1.5], x, y, ls.Patch(), 0), "ratio=1.5"),
     (lambda m, x, y: nc.unlearn(m, x, y, None, []), "nothing to unlearn"),
 ])
 def test_bad_input_names_the_argument(call, match):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._validate import check_float
+from .._validate import check_float, check_images, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
 from ..models import MLP, SmallCNN
 from ..training import TrainConfig, fit
@@ -111,7 +111,10 @@ def pruning_curve(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, r
                   x_eval: torch.Tensor, y_eval: torch.Tensor, trigger: Callable[[torch.Tensor], torch.Tensor],
                   target: int, *, config: TrainConfig | None = None) -> PruningCurve:
     """:func:`fine_prune` at each ratio (ratio 0: fine-tuning alone), CA and ASR on (x_eval, y_eval)."""
-    check_data(x_eval, y_eval)
+    check_images("x_eval", x_eval)
+    check_labels("y_eval", y_eval, n=len(x_eval))
+    if len(ratios) == 0:
+        raise ValueError("ratios is empty; give at least one pruning ratio in [0, 1)")
     ca, asr = [], []
     for r in ratios:
         fixed = fine_prune(model, clean, labels, r, config=config)
