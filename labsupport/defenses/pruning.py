@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .._validate import check_float, check_images, check_labels
 from ..metrics import attack_success_rate, clean_accuracy
@@ -109,14 +110,14 @@ class PruningCurve:
 
 def pruning_curve(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, ratios: Sequence[float],
                   x_eval: torch.Tensor, y_eval: torch.Tensor, trigger: Callable[[torch.Tensor], torch.Tensor],
-                  target: int, *, config: TrainConfig | None = None) -> PruningCurve:
+                  target: int, *, config: TrainConfig | None = None, progress: bool = True) -> PruningCurve:
     """:func:`fine_prune` at each ratio (ratio 0: fine-tuning alone), CA and ASR on (x_eval, y_eval)."""
     check_images("x_eval", x_eval)
     check_labels("y_eval", y_eval, n=len(x_eval))
     if len(ratios) == 0:
         raise ValueError("ratios is empty; give at least one pruning ratio in [0, 1)")
     ca, asr = [], []
-    for r in ratios:
+    for r in tqdm(ratios, desc="fine-pruning", disable=not progress, leave=False):
         fixed = fine_prune(model, clean, labels, r, config=config)
         ca.append(100 * clean_accuracy(fixed, x_eval, y_eval))
         asr.append(100 * attack_success_rate(fixed, x_eval, y_eval, trigger, target))
