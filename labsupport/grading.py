@@ -224,6 +224,7 @@ def _run_one(submission: Path, release: Path, results: Path, cell_timeout: int) 
         log.write(json.dumps({"kernel_pid": client.km.provisioner.pid}) + "\n")
 
     def executed(cell, cell_index, **_):
+        log.write(json.dumps({"executed": cell_index}) + "\n")
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         if gid in ids or errors:
@@ -274,8 +275,23 @@ def _kill_kernel(results: Path) -> None:
 
 
 def grade_one(student: str, submission: Path, release: Path, *, timeout: float = 1800,
-              profile: str | None = None, threads: int | None = None) -> GradeResult:
-    """Execute and score one submission in a child process killed after ``timeout`` seconds."""
+              profile: str | None = None, threads: int | None = None, retries: int = 1) -> GradeResult:
+    """Execute and score one submission in a child process killed after ``timeout`` seconds.
+
+    A run that fails before its kernel executed a single cell (a kernel that did not start or died
+    at once - under load, or when parallel kernels race for ports) is not the student's doing: it
+    is tried again, up to ``retries`` times."""
+    check_int("retries", retries, low=0)
+    for _ in range(retries + 1):
+        res, ran = _grade_attempt(student, submission, release, timeout, profile, threads)
+        if res.status != "failed" or ran:
+            break
+    return res
+
+
+def _grade_attempt(student: str, submission: Path, release: Path, timeout: float, profile: str | None,
+                   threads: int | None) -> tuple[GradeResult, bool]:
+    """One run of :func:`grade_one`: the result and whether any cell was executed."""
     with tempfile.TemporaryDirectory(prefix="labsupport-grade-") as tmp:
         results = Path(tmp) / "results.jsonl"
         env = dict(os.environ)
@@ -298,11 +314,12 @@ def grade_one(student: str, submission: Path, release: Path, *, timeout: float =
         finally:
             _kill_kernel(results)
         res = _score(student, submission, release, results, status, time.perf_counter() - start)
+        ran = results.exists() and '"executed"' in results.read_text()
         if status == "timeout":
             res.errors.append(f"stopped after the time limit of {timeout:.0f} s")
         elif status == "failed" and err:
             res.errors.append("could not run: " + err.decode("utf-8", "replace").strip().splitlines()[-1][:200])
-        return res
+        return res, ran
 
 
 def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | None = None, jobs: int = 1,

@@ -146,6 +146,28 @@ def test_grade_command_scores_a_class_in_parallel(tmp_path):
     assert rows["fa"]["total"] == "1" and "deleted" in rows["fa"]["errors"]
 
 
+def test_a_kernel_that_never_ran_a_cell_is_retried(monkeypatch, tmp_path):
+    """A run that failed before executing any cell (kernel start-up) is retried; one whose cells
+    ran is the student's result and is not."""
+    calls = []
+
+    def attempt(student, *_):
+        calls.append(student)
+        first = len([c for c in calls if c == student]) == 1
+        if student.startswith("flaky") and first:
+            return grading.GradeResult(student, "x", {}, 2.0, status="failed", errors=["could not run: kernel died"]), False
+        if student == "broken":
+            return grading.GradeResult(student, "x", {}, 2.0, status="failed", errors=["cell 3: boom"]), True
+        return grading.GradeResult(student, "x", {"a": 2.0}, 2.0), True
+
+    monkeypatch.setattr(grading, "_grade_attempt", attempt)
+    assert grading.grade_one("flaky", tmp_path, tmp_path).status == "ok" and calls.count("flaky") == 2
+    assert grading.grade_one("broken", tmp_path, tmp_path).status == "failed" and calls.count("broken") == 1
+    assert grading.grade_one("flaky2", tmp_path, tmp_path, retries=0).status == "failed" and calls.count("flaky2") == 1
+    with pytest.raises(ValueError, match="retries"):
+        grading.grade_one("x", tmp_path, tmp_path, retries=-1)
+
+
 def test_grade_rejects_unknown_notebook(tmp_path):
     _write(course.student_notebook(_exercise_notebook()), tmp_path / "release" / "tiny.ipynb")
     _write(_exercise_notebook(), tmp_path / "subs" / "ada" / "other.ipynb")
