@@ -239,16 +239,18 @@ def _run_one(submission: Path, release: Path, results: Path, cell_timeout: int) 
 
 
 def _score(student: str, submission: Path, release: Path, results: Path, status: str,
-           seconds: float) -> GradeResult:
+           seconds: float) -> tuple[GradeResult, bool]:
+    """The grade from the child's log, and whether its kernel executed any cell."""
     exercises = exercises_of(release)
     res = GradeResult(student, str(submission), {e.grade_id: 0.0 for e in exercises},
                       sum(e.points for e in exercises), seconds=seconds, status=status)
     points = {e.grade_id: e.points for e in exercises}
     lines = results.read_text().splitlines() if results.exists() else []
-    done = False
+    done = ran = False
     for line in lines:
         rec = json.loads(line)
         done |= bool(rec.get("done"))
+        ran |= "executed" in rec
         gid = rec.get("grade_id")
         if gid in points:
             res.points[gid], why = cell_score(rec["outputs"], points[gid])
@@ -259,7 +261,7 @@ def _score(student: str, submission: Path, release: Path, results: Path, status:
             res.errors.append(f"cell {rec.get('cell')}: {why}")
     if status == "ok" and not done:
         res.status = "failed"
-    return res
+    return res, ran
 
 
 def _kill_kernel(results: Path) -> None:
@@ -313,8 +315,7 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
             err, status = b"", "timeout"
         finally:
             _kill_kernel(results)
-        res = _score(student, submission, release, results, status, time.perf_counter() - start)
-        ran = results.exists() and '"executed"' in results.read_text()
+        res, ran = _score(student, submission, release, results, status, time.perf_counter() - start)
         if status == "timeout":
             res.errors.append(f"stopped after the time limit of {timeout:.0f} s")
         elif status == "failed" and err:
