@@ -167,6 +167,24 @@ def test_trim_starts_from_all_points_not_the_first_n(randhie):
     assert keep[:75].mean() < 0.5                     # most poisons dropped although they come first
 
 
+def test_trim_restarts_find_the_clean_fit_on_diabetes():
+    # Seeded: OptP's poisons on diabetes agree with each other well enough that TRIM started from
+    # all rows keeps every one of them and ends worse than no defense; small random starts find a
+    # subset with a lower trimmed loss, the clean one (diabetes seeds 0, 1, 3, 4; not seed 2, where
+    # the poisoned subset has the lower trimmed loss — BENCHMARKS.md).
+    t = R.regression_task(ls.load_diabetes(), 200, 100, 142, seed=0)
+    clean = R.fit_linear(t.x_train, t.y_train).mse(t.x_test, t.y_test)
+    opt = R.optp(t, 0.2, iterations=50)
+    x, y, mask, n = opt.poisoned.x, opt.poisoned.y, opt.poisoned.mask, len(t.y_train)
+    one, keep_one = R.trim(x, y, n, restarts=0)
+    many, keep_many = R.trim(x, y, n)
+    assert keep_one[mask].all() and one.mse(t.x_test, t.y_test) > 1.5 * clean
+    assert not keep_many[mask].any() and many.mse(t.x_test, t.y_test) <= 1.05 * clean
+    assert R.trimmed_loss(many, x, y, n) < R.trimmed_loss(one, x, y, n)
+    robust = R.robust_mse(x, y, t.x_test, t.y_test, n)
+    assert robust["TRIM"] <= 1.5 * clean < min(robust["Huber"], robust["TRIM, one start"])
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda t: R.optp(t, 1.0), "rate"),
     (lambda t: R.optp(t, -0.1), "rate"),
@@ -174,6 +192,8 @@ def test_trim_starts_from_all_points_not_the_first_n(randhie):
     (lambda t: R.trim(t.x_train, t.y_train[:-1], 200), "y must have shape"),
     (lambda t: R.trim(np.where(t.x_train > 0.5, np.nan, t.x_train), t.y_train, 200), "NaN"),
     (lambda t: R.trim(t.x_train, t.y_train, 5000), "n=5000"),
+    (lambda t: R.trim(t.x_train, t.y_train, 200, restarts=-1), "restarts"),
+    (lambda t: R.trim(t.x_train, t.y_train, 200, max_iter=0), "max_iter"),
 ])
 def test_regression_bad_input(randhie, call, match):
     with pytest.raises(ValueError, match=match):

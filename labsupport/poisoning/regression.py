@@ -12,8 +12,8 @@ validation MSE of the model trained on the union — a bilevel problem::
   flipping of training rows; the better start on validation is kept.
 * **StatP** samples x ~ N(μ, Σ + 0.01 I) from the training features, rounds it to the corners of
   the box, and sets the response to the far boundary y = round(1 − ŷ).
-* **TRIM** fits on the n points with the smallest residuals, starting from *all* points, until the
-  chosen subset stops changing.
+* **TRIM** fits on the n points with the smallest residuals until the chosen subset stops changing,
+  starting from *all* points and from small random subsets; the lowest trimmed loss wins.
 """
 
 from __future__ import annotations
@@ -211,19 +211,17 @@ def statp(task: RegressionTask, rate: float, *, kind: str = "ridge", lam: float 
                             model, [model.mse(task.x_val, task.y_val)])
 
 
-def trim(x: np.ndarray, y: np.ndarray, n: int, *, kind: str = "ridge", lam: float | None = None,
-         max_iter: int = 100) -> tuple[LinearModel, np.ndarray]:
-    """TRIM: fit on the ``n`` rows with the smallest squared residuals, starting from all rows,
-    until the subset stops changing. Returns the model and the kept-row mask."""
-    x = check_matrix("x", x)
-    y = check_vector("y", y, len(x))
-    check_int("n", n, low=x.shape[1] + 1, high=len(y))
-    keep = np.ones(len(y), dtype=bool)
-    model = fit_linear(x, y, kind, lam)
+def trimmed_loss(model: LinearModel, x: np.ndarray, y: np.ndarray, n: int) -> float:
+    """TRIM's objective: the mean of the ``n`` smallest squared residuals."""
+    return float(np.mean(np.sort((model.predict(x) - y) ** 2)[:n]))
+
+
+def _trim_from(x: np.ndarray, y: np.ndarray, n: int, keep: np.ndarray, kind: str, lam: float | None,
+               max_iter: int) -> tuple[LinearModel, np.ndarray]:
+    model = fit_linear(x[keep], y[keep], kind, lam)
     for _ in range(max_iter):
-        resid = (model.predict(x) - y) ** 2
         new = np.zeros(len(y), dtype=bool)
-        new[np.argsort(resid, kind="stable")[:n]] = True
+        new[np.argsort((model.predict(x) - y) ** 2, kind="stable")[:n]] = True
         if (new == keep).all():
             break
         keep = new
@@ -231,12 +229,38 @@ def trim(x: np.ndarray, y: np.ndarray, n: int, *, kind: str = "ridge", lam: floa
     return model, keep
 
 
+def trim(x: np.ndarray, y: np.ndarray, n: int, *, kind: str = "ridge", lam: float | None = None,
+         max_iter: int = 100, restarts: int = 50, seed: int = 0) -> tuple[LinearModel, np.ndarray]:
+    """TRIM: fit on the ``n`` rows with the smallest squared residuals and re-select until the
+    subset stops changing. The first start uses *all* rows; each of ``restarts`` more starts from
+    d + 2 random rows (small starts are often poison-free: FAST-LTS, Rousseeuw & Van Driessen 2006),
+    and the run with the lowest trimmed loss wins. Returns the model and the kept-row mask."""
+    x = check_matrix("x", x)
+    y = check_vector("y", y, len(x))
+    check_int("n", n, low=x.shape[1] + 1, high=len(y))
+    check_int("max_iter", max_iter, low=1)
+    check_int("restarts", restarts, low=0)
+    best = _trim_from(x, y, n, np.ones(len(y), dtype=bool), kind, lam, max_iter)
+    best_loss = trimmed_loss(best[0], x, y, n)
+    rng = np.random.default_rng(seed)
+    for _ in range(restarts):
+        start = np.zeros(len(y), dtype=bool)
+        start[rng.choice(len(y), size=min(x.shape[1] + 2, n), replace=False)] = True
+        run = _trim_from(x, y, n, start, kind, lam, max_iter)
+        loss = trimmed_loss(run[0], x, y, n)
+        if loss < best_loss:
+            best, best_loss = run, loss
+    return best
+
+
 def robust_mse(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, n_clean: int,
                *, kind: str = "ridge", lam: float | None = None, seed: int = 0) -> dict[str, float]:
-    """Test MSE of the plain model, TRIM (told ``n_clean``), scikit-learn's HuberRegressor and
-    RANSACRegressor on the same (possibly poisoned) training set."""
+    """Test MSE of the plain model, TRIM (told ``n_clean``) from all rows only and with its random
+    restarts, scikit-learn's HuberRegressor and RANSACRegressor on the same (possibly poisoned)
+    training set."""
     out = {"plain": fit_linear(x, y, kind, lam).mse(x_test, y_test),
-           "TRIM": trim(x, y, n_clean, kind=kind, lam=lam)[0].mse(x_test, y_test)}
+           "TRIM, one start": trim(x, y, n_clean, kind=kind, lam=lam, restarts=0)[0].mse(x_test, y_test),
+           "TRIM": trim(x, y, n_clean, kind=kind, lam=lam, seed=seed)[0].mse(x_test, y_test)}
     huber = HuberRegressor(max_iter=1000).fit(x, y)
     out["Huber"] = float(np.mean((huber.predict(x_test) - y_test) ** 2))
     ransac = RANSACRegressor(random_state=seed).fit(x, y)
