@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import labsupport as ls
 from labsupport import checks
@@ -183,6 +185,19 @@ def test_trim_restarts_find_the_clean_fit_on_diabetes():
     assert R.trimmed_loss(many, x, y, n) < R.trimmed_loss(one, x, y, n)
     robust = R.robust_mse(x, y, t.x_test, t.y_test, n)
     assert robust["TRIM"] <= 1.5 * clean < min(robust["Huber"], robust["TRIM, one start"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n_bad=st.integers(0, 30), restarts=st.integers(1, 8))
+def test_trim_restarts_never_end_at_a_higher_trimmed_loss(seed, n_bad, restarts):
+    rng = np.random.default_rng(seed)
+    x = rng.random((60 + n_bad, 4))
+    y = np.clip(x @ rng.random(4) / 4 + 0.05 * rng.standard_normal(len(x)), 0, 1)
+    y[60:] = 1 - y[60:]                               # the last n_bad rows: inverse-flipped responses
+    one, keep_one = R.trim(x, y, 60, restarts=0)
+    many, keep_many = R.trim(x, y, 60, restarts=restarts, seed=seed)
+    assert keep_one.sum() == keep_many.sum() == 60
+    assert R.trimmed_loss(many, x, y, 60) <= R.trimmed_loss(one, x, y, 60) + 1e-12
 
 
 @pytest.mark.parametrize("call, match", [
