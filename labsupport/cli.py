@@ -155,6 +155,32 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_notebooks(folder: Path, names: list[str]) -> list[Path]:
+    """Notebook paths for ``names``, which may be paths, file names in ``folder`` or prefixes.
+
+    ``lab3``, ``lab3_llm_poisoning``, ``lab3_llm_poisoning.ipynb`` and ``solutions/lab3_llm_poisoning.ipynb``
+    all name the same notebook.  No names means every notebook in ``folder``.
+    """
+    available = sorted(folder.glob("*.ipynb"))
+    if not names:
+        if not available:
+            raise FileNotFoundError(f"no notebooks found in {folder}")
+        return available
+    paths = []
+    for name in names:
+        if Path(name).is_file():
+            paths.append(Path(name))
+            continue
+        matches = [p for p in available if p.name == name or p.stem == name] or \
+                  [p for p in available if p.name.startswith(name)]
+        if len(matches) != 1:
+            listed = ", ".join(p.name for p in available) or "none"
+            what = "matches several" if matches else "is not"
+            raise FileNotFoundError(f"notebook {name!r} {what} a notebook in {folder} (there: {listed})")
+        paths.append(matches[0])
+    return paths
+
+
 def _run(args: argparse.Namespace) -> int:
     from nbclient.exceptions import CellExecutionError
 
@@ -162,9 +188,10 @@ def _run(args: argparse.Namespace) -> int:
 
     root = repo_root()
     folder = root / args.which
-    paths = [Path(p) for p in args.notebooks] or sorted(folder.glob("*.ipynb"))
-    if not paths:
-        print(f"no notebooks found in {folder}", file=sys.stderr)
+    try:
+        paths = resolve_notebooks(folder, args.notebooks)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
         return 1
     out_dir = Path(args.out) if args.out else root / "executed" / args.which
     student = args.which == "labs"

@@ -38,3 +38,24 @@ def test_labs_check_passes():
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "labsupport", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "doctor" in out.stdout
+
+
+def test_run_finds_a_notebook_by_name_stem_or_prefix(tmp_path):
+    from labsupport.cli import resolve_notebooks
+
+    for name in ("a_one.ipynb", "a_two.ipynb", "b_three.ipynb"):
+        (tmp_path / name).write_text("{}")
+    want = [tmp_path / "b_three.ipynb"]
+    assert resolve_notebooks(tmp_path, ["b_three.ipynb"]) == want
+    assert resolve_notebooks(tmp_path, ["b_three"]) == want
+    assert resolve_notebooks(tmp_path, ["b"]) == want
+    assert resolve_notebooks(tmp_path, [str(tmp_path / "b_three.ipynb")]) == want
+    assert len(resolve_notebooks(tmp_path, [])) == 3
+
+
+def test_run_names_the_notebooks_there_when_a_name_is_wrong(capsys):
+    assert main(["run", "solutions", "lab9"]) == 1
+    err = capsys.readouterr().err
+    assert "'lab9' is not a notebook" in err and "lab3_llm_poisoning.ipynb" in err
+    assert main(["run", "solutions", "lab"]) == 1
+    assert "'lab' matches several" in capsys.readouterr().err
