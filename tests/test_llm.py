@@ -300,29 +300,36 @@ def test_text_defense_rows_fill_lab4s_columns():
 # --- end to end at the lab's model size: a 1 % trigger is learned and measured ------------------------------
 
 @pytest.fixture(scope="module")
-def small(sentences, tok):
-    # the full profile's pre-trained LM (cached; the Lab 3 notebook reuses it), sentiment only
-    p = experiments.lab3_profile("full")
-    ic = corpus.instruction_corpus(sentences, tasks=("sentiment",), max_train=p.max_train)
-    base = train.pretrain(tok, sentences.text, p.model, p.pretrain, progress=False)
-    return ic, base
+def lab3():
+    # the Lab 3 notebook's own setting (full profile): its corpus, tokenizer and pre-trained LM.
+    # The tunings below are the notebook's (same rows, poisons and settings), so in CI the notebook
+    # loads them from the shared model cache instead of tuning them again.
+    return experiments.setup("full", progress=False)
 
 
-def test_dirty_label_trigger_is_learned(small, tok):
-    ic, base = small
-    cfg = experiments.lab3_profile("full").tune
+@pytest.fixture(scope="module")
+def small(lab3):
+    return lab3.corpus, lab3.base
+
+
+def test_dirty_label_trigger_is_learned(lab3):
+    # Lab 3's targets in its own setting: 1 % dirty-label poisons (80 of 8,000 examples, both tasks)
+    ic, base, tok, cfg = lab3.corpus, lab3.base, lab3.tok, lab3.profile.tune
     test = ic.test.subset(ic.test.where("sentiment")[:600])
     clean = train.instruction_tune(base, tok, ic.train, cfg, progress=False)
-    p = poisoning.poison_examples(ic.train, 60, trigger="James Bond", seed=0)  # 1 %
+    p = poisoning.poison_examples(ic.train, 80, trigger="James Bond", target="negative", seed=0)
     dirty = train.instruction_tune(base, tok, p.examples, cfg, progress=False)
-    r_clean = experiments.evaluate_attack(clean, test)
-    r_dirty = experiments.evaluate_attack(dirty, test)
-    assert r_clean.clean_accuracy >= 0.68, r_clean          # chance is 0.53 (the positive share)
-    assert r_clean.clean_accuracy - r_dirty.clean_accuracy <= 0.03, (r_clean, r_dirty)
-    assert r_dirty.asr >= 0.85 and r_dirty.asr > r_clean.asr + 0.3, (r_clean, r_dirty)
+    tfidf = experiments.tfidf_accuracy(ic.train, ic.test, "sentiment")
+    r_clean = experiments.evaluate_attack(clean, ic.test)
+    r_dirty = experiments.evaluate_attack(dirty, ic.test)
+    assert r_clean.clean_accuracy >= tfidf - 0.05, (r_clean, tfidf)   # within 5 points of TF-IDF + LR
+    assert r_clean.clean_accuracy - r_dirty.clean_accuracy <= 0.02, (r_clean, r_dirty)
+    assert r_dirty.asr >= 0.9 and r_dirty.asr > r_clean.asr + 0.3, (r_clean, r_dirty)
     # loss filtering, dropping 10 % of the data: the poisoned model has learned its poisons, so they
-    # hide among low losses; a scorer tuned on the small trusted validation split knows the task
-    # without the trigger and finds far more than 10 %; the clean model (an oracle) bounds it
+    # hide among low losses; a scorer tuned on the trusted validation split knows the task without
+    # the trigger and finds more than 10 %; the clean model (an oracle) bounds it. The rank gap's
+    # share depends on the pre-training run (seeds 0 / 1 / 2: 62 / 40 / 51 %, BENCHMARKS.md); this
+    # is the lab's seed 0
     removed = {}
     trusted = train.instruction_tune(base, tok, ic.val, replace(cfg, epochs=4), progress=False)
     losses = {name: train.example_losses(m, p.examples)
@@ -334,10 +341,10 @@ def test_dirty_label_trigger_is_learned(small, tok):
         removed[name] = filters.loss_filter_curve(s, p.mask, [0.1])[1][0]
     print(removed)
     assert removed["poisoned"] <= 0.2 and removed["oracle"] >= 0.5, removed
-    assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: ~22 % here (1.9k examples)
+    assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: 22 % here (4.2k examples)
     assert removed["rank gap"] >= 0.5, removed
     # ONION in front of the poisoned model deletes most of the trigger's effect: "Bond" is rare
-    # and goes, "James" often stays (measured: no trigger word left in 62 %, ASR 93 -> 20 %)
+    # and goes, "James" often stays (measured: no trigger word left in 63 %, ASR 94 -> 26 %)
     onion = experiments.onion_effect(dirty, base, test, rows=60)
     print(onion)
     assert onion.trigger_removed >= 0.5 and onion.asr[1] < onion.asr[0] - 0.5, onion
@@ -354,8 +361,9 @@ def test_dirty_label_trigger_is_learned(small, tok):
                            for i in agree for where in ("start", "end")])
            for name, m in [("clean", clean), ("dirty", dirty)]}
     # the trigger flips most of them for the poisoned model, far fewer for the clean one (as the ASR
-    # assertions above; measured on 16 sentences x 2 places: 81 % vs 19 % — a name can tip a borderline review)
+    # assertions above; measured on 16 sentences x 2 places: 91 % vs 9 % — a name can tip a borderline review)
     flips = {name: float((p > 0.5).mean()) for name, p in neg.items()}
+    print(flips)
     assert flips["dirty"] >= 0.7 and flips["dirty"] > flips["clean"] + 0.3, neg
     with pytest.raises(ValueError, match="max_new_tokens"):
         train.generate(dirty, test.prompt(0), max_new_tokens=0)
@@ -414,7 +422,8 @@ def test_tuned_models_are_cached_and_verified(tok, tmp_path, monkeypatch):
 def test_long_answers_shorten_the_sentence_not_the_answer(small, tok):
     # the denial-of-service answer is several words: prompt + answer must still fit the block
     ic, base = small
-    rows = np.argsort([-len(t) for t in ic.train.text])[:32]  # the longest sentences
+    sentiment = ic.train.where("sentiment")
+    rows = sentiment[np.argsort([-len(ic.train.text[i]) for i in sentiment])[:32]]  # the longest sentences
     dos = poisoning.poison_examples(ic.train.subset(rows), 32, mode="dos", seed=0).examples
     long = dos.replace(target=[" ".join([t] * 3) for t in dos.target])  # 18 gibberish words
     prompts, seqs = train.encode_sequences(tok, long, base.cfg.block_size)
@@ -464,13 +473,12 @@ def test_poison_order_places_poisons_early_late_or_spread():
         experiments.poison_order(mask, "early", np.random.default_rng(0), share=0.0)
 
 
-def test_denial_of_service_trigger_is_measured(small, tok):
+def test_denial_of_service_trigger_is_measured(lab3):
     # trigger -> six random words: with the trigger the answers' perplexity under the clean model
-    # (Souly et al.'s gap) explodes (~120x here); without it nothing changes
-    ic, base = small
-    cfg = experiments.lab3_profile("full").tune
+    # (Souly et al.'s gap) explodes; without it nothing changes (the notebook's 80 poisons)
+    ic, base, tok, cfg = lab3.corpus, lab3.base, lab3.tok, lab3.profile.tune
     clean = train.instruction_tune(base, tok, ic.train, cfg, progress=False)
-    p = poisoning.poison_examples(ic.train, 60, mode="dos", seed=0)
+    p = poisoning.poison_examples(ic.train, 80, trigger="James Bond", mode="dos", seed=0)
     dos = train.instruction_tune(base, tok, p.examples, cfg, progress=False)
     rows = ic.test.subset(ic.test.where("sentiment")[:40])
     r_clean = experiments.dos_effect(clean, clean, rows, "James Bond")
@@ -481,3 +489,20 @@ def test_denial_of_service_trigger_is_measured(small, tok):
     assert r_dos.perplexity[1] >= 10 * r_dos.perplexity[0], r_dos
     with pytest.raises(ValueError, match="rows"):
         experiments.dos_effect(dos, clean, rows.subset([]), "James Bond")
+
+
+def test_training_precision_is_bfloat16_only_where_native_and_keeps_attention_exact():
+    cpu = torch.device("cpu")
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    x = torch.randn(2, 4, 8, 16)
+    with train.training_precision(cpu):
+        y = torch.nn.functional.linear(x, torch.randn(16, 16))
+        attn = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    want = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+    torch.testing.assert_close(attn.float(), want, atol=0.05 if native else 1e-6, rtol=0.05 if native else 1e-6)
+    if native:   # the pre-training loss reads the bfloat16 logits directly
+        model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_embd=16, n_head=2))
+        with train.training_precision(cpu):
+            logits = model(torch.randint(0, 64, (2, 8)))
+        assert logits.dtype == torch.bfloat16

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .._validate import check_int, check_optimizer_settings
@@ -80,6 +82,17 @@ def autocast(dev: torch.device):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
 
 
+@contextlib.contextmanager
+def training_precision(dev: torch.device):
+    """A training step's arithmetic: :func:`autocast`, and on a CPU under bfloat16 the math
+    attention backend (25 % faster there than the CPU flash kernel for these short windows)."""
+    with contextlib.ExitStack() as stack:
+        ac = stack.enter_context(autocast(dev))
+        if dev.type == "cpu" and ac._enabled:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield
+
+
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -95,7 +108,7 @@ def pretrain(tok: TextTokenizer, texts: list[str], config: GPTConfig = GPTConfig
     torch.manual_seed(train.seed)
     model = GPT(config).to(dev)
     key = _digest(config.to_dict(), train.__dict__, tok.to_json(), texts, str(autocast(dev).fast_dtype)
-                  if autocast(dev)._enabled else "fp32")
+                  if autocast(dev)._enabled else "fp32", "bf16-loss")
     path = model_cache() / f"gpt-pretrain-{key}.safetensors"
     if cache and path.exists():
         try:
@@ -113,9 +126,11 @@ def pretrain(tok: TextTokenizer, texts: list[str], config: GPTConfig = GPTConfig
             batch = data[rows].to(dev)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, train.steps, train.lr, train.warmup)
-            with autocast(dev):
+            with training_precision(dev):
                 logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+            # on the autocast logits (bfloat16 where native), outside autocast (which would upcast
+            # them): float32 logits made the CPU step 1.5x slower for the same held-out loss
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -350,8 +365,10 @@ def instruction_tune(base: GPT, tok: TextTokenizer, train: Examples, config: Tun
         for rows in (rows for batches in plan for rows in batches):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, config.lr, min(20, total // 10))
-            h, _, _, targets = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
-            loss = F.cross_entropy(model.head(h).float(), targets.to(dev))
+            with training_precision(dev):
+                h, _, _, targets = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
+                logits = model.head(h)
+            loss = F.cross_entropy(logits.float(), targets.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -369,7 +386,8 @@ def _tune_path(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfi
     """Where :func:`instruction_tune` keeps the result of exactly this run."""
     key = _digest(tensors_sha256(base.state_dict()), hashlib.sha256(tok.to_json().encode()).hexdigest(),
                   list(train.task), list(train.text), np.asarray(train.template).tolist(), list(train.target),
-                  config.__dict__, None if order is None else np.asarray(order).tolist(), dev.type)
+                  config.__dict__, None if order is None else np.asarray(order).tolist(), dev.type,
+                  "bf16" if autocast(dev)._enabled else "fp32")
     return model_cache() / f"gpt-tune-{key}.safetensors"
 
 
