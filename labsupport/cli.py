@@ -291,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     nbs.set_defaults(func=_nbgrader_setup)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:   # bad input: the message, not a traceback
+        print(f"labsupport {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,3 +59,12 @@ def test_run_names_the_notebooks_there_when_a_name_is_wrong(capsys):
     assert "'lab9' is not a notebook" in err and "lab3_llm_poisoning.ipynb" in err
     assert main(["run", "solutions", "lab"]) == 1
     assert "'lab' matches several" in capsys.readouterr().err
+
+
+def test_bad_input_to_a_command_is_a_message_not_a_traceback(capsys, tmp_path):
+    assert main(["grade", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labsupport grade: error:") and "neither a notebook nor a folder" in err
+    assert "Traceback" not in err
+    assert main(["grade", "-j", "0", str(tmp_path)]) == 2
+    assert "jobs=0 is out of range" in capsys.readouterr().err
