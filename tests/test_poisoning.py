@@ -287,6 +287,35 @@ def test_gradient_canceling_bad_input():
             GC.gradient_canceling(x, y, t, 0.1, box=box)
 
 
+def _logreg_objective(m, x, y, l2):
+    return float(torch.nn.functional.cross_entropy(x @ m.W.T + m.b, y) + 0.5 * l2 * (m.W ** 2).sum())
+
+
+def test_fit_logreg_many_reaches_the_lbfgs_minimiser():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 200, 12, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (200,), generator=gen)
+    ys = torch.randint(0, 4, (6, 200), generator=gen)
+    start = GC.fit_logreg(x[0], y, 4, l2=1e-3)
+    for labels, init in ((y, None), (ys, start)):
+        many = GC.fit_logreg_many(x, labels, 4, l2=1e-3, init=init, chunk=4)
+        for i, m in enumerate(many):
+            yi = labels if labels.ndim == 1 else labels[i]
+            single = GC.fit_logreg(x[i], yi, 4, l2=1e-3)
+            assert torch.allclose(m.W, single.W, atol=1e-4) and torch.allclose(m.b - m.b.mean(), single.b - single.b.mean(), atol=1e-4)
+            # never a worse optimum than L-BFGS's
+            assert _logreg_objective(m, x[i], yi, 1e-3) <= _logreg_objective(single, x[i], yi, 1e-3) + 1e-12
+    # too few Newton steps: the unfinished problems are handed to L-BFGS and still end at the minimiser
+    short = GC.fit_logreg_many(x[:2], y, 4, l2=1e-3, max_iter=1)
+    assert torch.allclose(short[0].W, GC.fit_logreg(x[0], y, 4, l2=1e-3).W, atol=1e-4)
+    with pytest.raises(ValueError, match="sets, rows, features"):
+        GC.fit_logreg_many(x[0], y, 4)
+    with pytest.raises(ValueError, match="y must be"):
+        GC.fit_logreg_many(x, y[:10], 4)
+    with pytest.raises(ValueError, match="refresh"):
+        GC.fit_logreg_many(x, y, 4, refresh=0)
+
+
 # --- feature collision -----------------------------------------------------------------------------------
 
 def test_prox_exercise_and_collision_moves_features():
@@ -323,6 +352,40 @@ def test_prox_exercise_and_collision_moves_features():
         FC.craft_poisons(net, targets, bases, watermark=1.0)
 
 
+def _tiny_transfer_task() -> FC.TransferTask:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(160, 1, 28, 28, generator=gen) * 0.5
+    y = torch.arange(160) % 4
+    x[torch.arange(160), 0, (y * 7)[None].T.flatten() % 28] += 0.5   # a class-specific bright row
+    return FC.TransferTask(ls.MLP((1, 28, 28), 10).eval(), x[:120], y[:120], x[120:], y[120:], ("a", "b", "c", "d"))
+
+
+def test_budget_curve_rescores_the_first_poisons_of_each_setup():
+    task = _tiny_transfer_task()
+    setups = FC.make_setups(task, n=6, seed=0)
+    result = FC.poison_frogs(task, setups, per_target=3, steps=30, lr=0.1, beta0=1e-3, progress=False)
+    curve = FC.budget_curve(task, setups, result)
+    assert list(curve) == [1, 2, 3] and curve[3] is result
+    # the batched refit agrees with the same heads fitted one by one with L-BFGS
+    clean = FC.fit_head(task)
+    ftrain, ftest = FC.features(task.extractor, task.x_train), FC.features(task.extractor, task.x_test)
+    for i, s in enumerate(setups):
+        rows, pois = curve[2].base_rows[2 * i:2 * i + 2], curve[2].poisons[2 * i:2 * i + 2]
+        assert torch.equal(pois, result.poisons[3 * i:3 * i + 2])
+        f = ftrain.clone()
+        f[rows] = FC.features(task.extractor, pois)
+        head = GC.fit_logreg(f, task.y_train, 4, l2=FC.HEAD_L2, init=clean)
+        assert curve[2].success[i] == (int(head.logits(ftest[s["target"]][None]).argmax()) == s["base_class"])
+        assert abs(curve[2].accuracy[i] - head.accuracy(ftest, task.y_test)) <= 1 / len(task.y_test) + 1e-9
+    with pytest.raises(ValueError, match="counts=4"):
+        FC.budget_curve(task, setups, result, counts=(4,))
+    with pytest.raises(ValueError, match="setups"):
+        FC.budget_curve(task, setups[:5], result)
+    with pytest.raises(TypeError, match="FrogsResult"):
+        FC.budget_curve(task, setups, "result")
+
+
 @pytest.mark.slow
 def test_poison_frogs_on_the_saved_setups():
     task = FC.course_task(ls.load_dataset("fashion-mnist"))
@@ -331,11 +394,19 @@ def test_poison_frogs_on_the_saved_setups():
     result = FC.poison_frogs(task, setups, beta0=0.001, steps=3000, progress=False)
     paper = FC.poison_frogs(task, setups, progress=False)
     boxed = FC.poison_frogs(task, setups, eps=16 / 255, progress=False)
-    # measured 78 % ± 6 with the course extractor (base seeds 0-2: 74-80 %) but 67 % with extractors
+    # measured 78 % ± 6 with the course extractor (base seeds 0-2: 78-80 %) but 67 % with extractors
     # trained from seeds 1 and 2, so a differently rounded training run may land below the issue's
-    # 70 %: the floor here is what every extractor gave. The clean-accuracy drop (0.36-0.57 points)
-    # misses the issue's <= 0.5 on some runs (BENCHMARKS.md): held to "under one point" here.
+    # 70 %: the floor here is what every extractor gave. At 5 poisons per target the clean-accuracy
+    # drop is 0.53-0.57 points, over the 0.5: held to "under one point" here.
     assert result.rate >= 0.6 and result.ca_drop < 1.0
+    # fewer poisons per target: less success and less collateral damage. Measured on base seeds 0-2
+    # (1 … 5 poisons): success 44-46 / 60-64 / 70 / 72-76 / 78-80 %, drop 0.30 / 0.39-0.40 / 0.46 /
+    # 0.49-0.51 / 0.53-0.57 points. Both targets (>= 70 %, <= 0.5) hold at 3 per target on every
+    # seed, at 4 on seed 0 - with no margin (BENCHMARKS.md).
+    curve = FC.budget_curve(task, setups, result)
+    rates, drops = [r.rate for r in curve.values()], [r.ca_drop for r in curve.values()]
+    assert rates == sorted(rates) and drops == sorted(drops) and rates[0] < rates[-1] - 0.2, (rates, drops)
+    assert any(r.rate >= 0.7 and r.ca_drop <= 0.5 for r in curve.values()), (rates, drops)
     assert np.median(result.collision) < 0.1
     # the paper's pixel weight keeps the poisons nearer their bases, collides less, flips fewer
     assert np.median(paper.linf) < np.median(result.linf) and np.median(paper.collision) > np.median(result.collision)

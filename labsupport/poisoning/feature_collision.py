@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .._validate import check_float, check_int
 from ..data import ImageData
 from ..training import TrainConfig, train_model
-from .gradient_canceling import Linear, fit_logreg
+from .gradient_canceling import Linear, fit_logreg, fit_logreg_many
 
 SETUPS_FILE = "frogs_setups.json"
 
@@ -224,20 +224,7 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     t_rows, b_rows = base_rows(task, setups, per_target, seed)
     poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
                             beta0=beta0, watermark=watermark, eps=eps, progress=progress)
-    clean_head = fit_head(task)
-    ftest = features(task.extractor, task.x_test)
-    ftrain = features(task.extractor, task.x_train)
-    clean_acc = clean_head.accuracy(ftest, task.y_test)
-    success, acc = np.zeros(len(setups), dtype=bool), np.zeros(len(setups))
-    for i, s in enumerate(tqdm(setups, desc="retrain heads", disable=not progress)):
-        rows = b_rows[i * per_target:(i + 1) * per_target]
-        keep = torch.ones(len(task.y_train), dtype=torch.bool)
-        keep[rows] = False
-        head = fit_logreg(torch.cat([ftrain[keep], features(task.extractor, poisons[i * per_target:(i + 1) * per_target])]),
-                          torch.cat([task.y_train[keep], task.y_train[rows]]), len(task.classes), l2=HEAD_L2,
-                          init=clean_head)
-        success[i] = int(head.logits(ftest[s["target"]][None]).argmax()) == s["base_class"]
-        acc[i] = head.accuracy(ftest, task.y_test)
+    success, acc, clean_acc = _score_heads(task, setups, poisons, b_rows, per_target, progress)
     label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
                      + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else "") + (f", β0 {beta0:g}" if beta0 != 0.25 else ""))
     linf = (poisons - task.x_train[b_rows]).abs().flatten(1).amax(1).numpy()
@@ -245,3 +232,53 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     collision = ((features(task.extractor, poisons) - goal).norm(dim=1)
                  / (features(task.extractor, task.x_train[b_rows]) - goal).norm(dim=1)).numpy()
     return FrogsResult(label, success, acc, clean_acc, poisons, b_rows, linf, collision)
+
+
+def _score_heads(task: TransferTask, setups: list[dict[str, int]], poisons: torch.Tensor, b_rows: torch.Tensor,
+                 per_target: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per setup: its ``per_target`` poisons replace their base rows (keeping the base label) and
+    the head is retrained - all setups' heads at once (:func:`fit_logreg_many`, from the clean
+    head; convex, so the start does not change the result); did the target flip to the base class,
+    and the head's test accuracy. Also the clean head's accuracy."""
+    clean_head = fit_head(task)
+    ftest = features(task.extractor, task.x_test)
+    ftrain = features(task.extractor, task.x_train)
+    fpoison = features(task.extractor, poisons)
+    sets = ftrain.expand(len(setups), -1, -1).clone()
+    for i in range(len(setups)):
+        sets[i, b_rows[i * per_target:(i + 1) * per_target]] = fpoison[i * per_target:(i + 1) * per_target]
+    heads = []
+    for lo in tqdm(range(0, len(setups), 16), desc="retrain heads", disable=not progress):
+        heads += fit_logreg_many(sets[lo:lo + 16], task.y_train, len(task.classes), l2=HEAD_L2, init=clean_head)
+    success = np.array([int(h.logits(ftest[s["target"]][None]).argmax()) == s["base_class"] for h, s in zip(heads, setups)])
+    acc = np.array([h.accuracy(ftest, task.y_test) for h in heads])
+    return success, acc, clean_head.accuracy(ftest, task.y_test)
+
+
+def budget_curve(task: TransferTask, setups: list[dict[str, int]], result: FrogsResult,
+                 counts: tuple[int, ...] | None = None, *, progress: bool = False) -> dict[int, FrogsResult]:
+    """How many poisons a target needs: for each c in ``counts`` (default 1 … per_target), the
+    victim sees only the first c of each setup's poisons from ``result`` (one crafting run, so the
+    points differ only in the budget); success and clean-accuracy drop per c."""
+    if not isinstance(result, FrogsResult) or result.poisons is None or result.base_rows is None:
+        raise TypeError("result must be a FrogsResult from poison_frogs (with its poisons)")
+    if not setups or len(result.poisons) % len(setups) or len(result.success) != len(setups):
+        raise ValueError(f"result has {len(result.success)} setups and {len(result.poisons)} poisons; "
+                         f"setups has {len(setups)}: pass the setups the result was made on")
+    per = len(result.poisons) // len(setups)
+    counts = tuple(range(1, per + 1)) if counts is None else tuple(counts)
+    if not counts:
+        raise ValueError("counts is empty")
+    out = {}
+    for c in tqdm(counts, desc="poisons per target", disable=not progress):
+        check_int("counts", c, low=1, high=per)
+        if c == per:
+            out[c] = result
+            continue
+        use = (torch.arange(len(setups))[:, None] * per + torch.arange(c)).flatten()
+        success, acc, clean_acc = _score_heads(task, setups, result.poisons[use], result.base_rows[use], c)
+        out[c] = FrogsResult(f"{result.name}, {c} of {per} poisons/target", success, acc, clean_acc,
+                             result.poisons[use], result.base_rows[use],
+                             None if result.linf is None else result.linf[use.numpy()],
+                             None if result.collision is None else result.collision[use.numpy()])
+    return out
