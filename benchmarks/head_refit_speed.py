@@ -28,10 +28,7 @@ def main() -> None:
     setups = frogs.load_setups(task)
     result = frogs.poison_frogs(task, setups, per_target=5, beta0=0.001, steps=3000, progress=False)
     ftrain, ftest = frogs.features(task.extractor, task.x_train), frogs.features(task.extractor, task.x_test)
-    sets = ftrain.expand(len(setups), -1, -1).clone()
-    fpois = frogs.features(task.extractor, result.poisons)
-    for i in range(len(setups)):
-        sets[i, result.base_rows[5 * i:5 * i + 5]] = fpois[5 * i:5 * i + 5]
+    sets = frogs.poisoned_feature_sets(task, ftrain, result.poisons, result.base_rows, 5)
     clean = frogs.fit_head(task)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     t = time.perf_counter()

@@ -224,7 +224,7 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     t_rows, b_rows = base_rows(task, setups, per_target, seed)
     poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
                             beta0=beta0, watermark=watermark, eps=eps, progress=progress)
-    success, acc, clean_acc = _score_heads(task, setups, poisons, b_rows, per_target, progress)
+    success, acc, clean_acc = _score_heads(task, setups, poisons, b_rows, per_target, _Victim.of(task))
     label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
                      + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else "") + (f", β0 {beta0:g}" if beta0 != 0.25 else ""))
     linf = (poisons - task.x_train[b_rows]).abs().flatten(1).amax(1).numpy()
@@ -234,25 +234,42 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     return FrogsResult(label, success, acc, clean_acc, poisons, b_rows, linf, collision)
 
 
-def _score_heads(task: TransferTask, setups: list[dict[str, int]], poisons: torch.Tensor, b_rows: torch.Tensor,
-                 per_target: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per setup: its ``per_target`` poisons replace their base rows (keeping the base label) and
-    the head is retrained - all setups' heads at once (:func:`fit_logreg_many`, from the clean
-    head; convex, so the start does not change the result); did the target flip to the base class,
-    and the head's test accuracy. Also the clean head's accuracy."""
-    clean_head = fit_head(task)
-    ftest = features(task.extractor, task.x_test)
-    ftrain = features(task.extractor, task.x_train)
+@dataclass(frozen=True)
+class _Victim:
+    """What every refit of a task's head shares: the clean head and the frozen features."""
+
+    clean_head: Linear
+    ftrain: torch.Tensor
+    ftest: torch.Tensor
+
+    @classmethod
+    def of(cls, task: TransferTask) -> _Victim:
+        return cls(fit_head(task), features(task.extractor, task.x_train), features(task.extractor, task.x_test))
+
+
+def poisoned_feature_sets(task: TransferTask, ftrain: torch.Tensor, poisons: torch.Tensor, b_rows: torch.Tensor,
+                          per_target: int) -> torch.Tensor:
+    """(setups, rows, features): the transfer set's features once per setup, with that setup's
+    ``per_target`` poisons in place of their base rows (which keep the base label)."""
     fpoison = features(task.extractor, poisons)
-    sets = ftrain.expand(len(setups), -1, -1).clone()
-    for i in range(len(setups)):
+    sets = ftrain.expand(len(poisons) // per_target, -1, -1).clone()
+    for i in range(len(sets)):
         sets[i, b_rows[i * per_target:(i + 1) * per_target]] = fpoison[i * per_target:(i + 1) * per_target]
-    heads = []
-    for lo in tqdm(range(0, len(setups), 16), desc="retrain heads", disable=not progress):
-        heads += fit_logreg_many(sets[lo:lo + 16], task.y_train, len(task.classes), l2=HEAD_L2, init=clean_head)
-    success = np.array([int(h.logits(ftest[s["target"]][None]).argmax()) == s["base_class"] for h, s in zip(heads, setups)])
-    acc = np.array([h.accuracy(ftest, task.y_test) for h in heads])
-    return success, acc, clean_head.accuracy(ftest, task.y_test)
+    return sets
+
+
+def _score_heads(task: TransferTask, setups: list[dict[str, int]], poisons: torch.Tensor, b_rows: torch.Tensor,
+                 per_target: int, victim: _Victim) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per setup, the head retrained with its poisons - all setups' heads at once
+    (:func:`fit_logreg_many`, from the clean head; convex, so the start does not change the
+    result): did the target flip to the base class, and the head's test accuracy. Also the clean
+    head's accuracy."""
+    sets = poisoned_feature_sets(task, victim.ftrain, poisons, b_rows, per_target)
+    heads = fit_logreg_many(sets, task.y_train, len(task.classes), l2=HEAD_L2, init=victim.clean_head)
+    success = np.array([int(h.logits(victim.ftest[s["target"]][None]).argmax()) == s["base_class"]
+                        for h, s in zip(heads, setups)])
+    acc = np.array([h.accuracy(victim.ftest, task.y_test) for h in heads])
+    return success, acc, victim.clean_head.accuracy(victim.ftest, task.y_test)
 
 
 def budget_curve(task: TransferTask, setups: list[dict[str, int]], result: FrogsResult,
@@ -269,14 +286,14 @@ def budget_curve(task: TransferTask, setups: list[dict[str, int]], result: Frogs
     counts = tuple(range(1, per + 1)) if counts is None else tuple(counts)
     if not counts:
         raise ValueError("counts is empty")
-    out = {}
+    out, victim = {}, _Victim.of(task)
     for c in tqdm(counts, desc="poisons per target", disable=not progress):
         check_int("counts", c, low=1, high=per)
         if c == per:
             out[c] = result
             continue
         use = (torch.arange(len(setups))[:, None] * per + torch.arange(c)).flatten()
-        success, acc, clean_acc = _score_heads(task, setups, result.poisons[use], result.base_rows[use], c)
+        success, acc, clean_acc = _score_heads(task, setups, result.poisons[use], result.base_rows[use], c, victim)
         out[c] = FrogsResult(f"{result.name}, {c} of {per} poisons/target", success, acc, clean_acc,
                              result.poisons[use], result.base_rows[use],
                              None if result.linf is None else result.linf[use.numpy()],
