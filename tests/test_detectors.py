@@ -25,6 +25,8 @@ def test_anomaly_index_matches_hand_computation():
     assert nc.flag_labels(torch.tensor([50.0, 52.0, 55.0, 60.0, 200.0])) == []  # large norms never flag
     with pytest.raises(ValueError, match="at least 3"):
         nc.anomaly_index(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="norms must be finite"):
+        nc.flag_labels(torch.tensor([10.0, float("nan"), 52.0, 55.0]))
 
 
 def test_detection_evaluate_counts():

@@ -213,6 +213,15 @@ def test_text_bad_input():
         poisoning.insert_trigger("   ", "cf")
     with pytest.raises(TypeError, match="text"):
         poisoning.insert_trigger(None, "cf")
+    ex = _examples()
+    for field, value, match in [("text", None, r"Examples.text\[1\] must be non-empty text, got None"),
+                                ("text", "  ", r"Examples.text\[1\] must be non-empty"),
+                                ("target", "", r"Examples.target\[1\] must be non-empty"),
+                                ("task", "topic", r"unknown task names \['topic'\]")]:
+        values = list(getattr(ex, field))
+        values[1] = value
+        with pytest.raises(ValueError, match=match):
+            replace(ex, **{field: values})
 
 
 def test_attack_success_rate_counts_only_correct_non_target_rows():

@@ -101,6 +101,23 @@ def test_pair_task_bad_input():
         S.pair_task(data, 7, 1, n_train=100, n_val=500)
 
 
+def test_svm_bad_input_names_the_argument():
+    task = S.pair_task(ls.load_dataset("digits"), 7, 1, n_train=40, n_val=40)
+    svm = S.fit_svm(task.x_train, task.y_train)
+    nan = task.x_train.copy()
+    nan[0, 0] = np.nan
+    zero_one = (task.y_train > 0).astype(int)
+    for call, match in [(lambda: S.fit_svm(nan, task.y_train), "x contains NaN"),
+                        (lambda: S.fit_svm(task.x_train, zero_one), "y must hold the labels -1 and \\+1"),
+                        (lambda: S.fit_svm(task.x_train, task.y_train, C=0), "C=0.0"),
+                        (lambda: S.attack_gradient(svm, task.x_train, task.y_train, 40, task.x_val, task.y_val),
+                         r"c=40 is out of range; allowed: \[0, 39\]"),
+                        (lambda: S.attack_gradient(svm, task.x_train, task.y_train, 0, task.x_val, task.y_val[:-1]),
+                         "y_val must have shape")]:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
 @pytest.mark.slow
 def test_one_svm_attack_point_triples_the_error():
     t = S.pair_task(ls.load_dataset("fashion-mnist"), 1, 6)     # Trouser vs Shirt
@@ -209,6 +226,8 @@ def test_trim_restarts_never_end_at_a_higher_trimmed_loss(seed, n_bad, restarts)
     (lambda t: R.trim(t.x_train, t.y_train, 5000), "n=5000"),
     (lambda t: R.trim(t.x_train, t.y_train, 200, restarts=-1), "restarts"),
     (lambda t: R.trim(t.x_train, t.y_train, 200, max_iter=0), "max_iter"),
+    (lambda t: R.fit_linear(t.x_train, t.y_train[:, None]), r"y must have shape \(300,\)"),
+    (lambda t: R.fit_linear(np.where(t.x_train > 0.5, np.nan, t.x_train), t.y_train), "x contains NaN"),
 ])
 def test_regression_bad_input(randhie, call, match):
     with pytest.raises(ValueError, match=match):
@@ -285,6 +304,22 @@ def test_gradient_canceling_bad_input():
     for box in ((1.0, 0.0), (0.0, float("inf")), [0, 1], (0.0,)):
         with pytest.raises(ValueError, match="box"):
             GC.gradient_canceling(x, y, t, 0.1, box=box)
+    nan = x.clone()
+    nan[3, 1] = float("nan")
+    for call, match in [(lambda: GC.fit_logreg(nan, y, 2), "x contains NaN"),
+                        (lambda: GC.gradient_canceling(nan, y, t, 0.1), "x contains NaN"),
+                        (lambda: GC.gradpc_target(x, y[:-1], 2), "y has 9 labels"),
+                        (lambda: GC.fit_logreg(x, y + 2, 2), r"y holds values outside \[0, 1\]"),
+                        (lambda: GC.fit_logreg(x.reshape(10, 2, 2), y, 2), r"shape \(N, d\)"),
+                        (lambda: GC.fit_logreg_many(nan[None], y, 2), "x contains NaN"),
+                        (lambda: GC.canceling_experiment(nan, y, x, y, progress=False), "x_train contains NaN"),
+                        (lambda: GC.canceling_experiment(x, y, x[:, :3], y, progress=False), "x_test has 3 features"),
+                        (lambda: GC.canceling_experiment(x, y, x, y + 5, progress=False), "y_test holds values"),
+                        (lambda: GC.canceling_experiment(x, y, x, y, epsilons=(0.1, 2.0), progress=False),
+                         "epsilons"),
+                        ]:
+        with pytest.raises(ValueError, match=match):
+            call()
 
 
 def _logreg_objective(m, x, y, l2):
@@ -384,6 +419,21 @@ def test_budget_curve_rescores_the_first_poisons_of_each_setup():
         FC.budget_curve(task, setups[:5], result)
     with pytest.raises(TypeError, match="FrogsResult"):
         FC.budget_curve(task, setups, "result")
+
+
+def test_poison_frogs_bad_setups_name_the_problem():
+    task = _tiny_transfer_task()          # 30 training images per class, test rows 0-39
+    t0 = int(task.y_test[0])
+    other = (t0 + 1) % 4
+    for setups, per_target, match in [([], 1, "non-empty list"),
+                                      ([{"target": 0}], 1, r"setups\[0\] must be a dict"),
+                                      ([{"target": 40, "base_class": other}], 1, r"setups\[0\]\['target'\]=40.*\[0, 39\]"),
+                                      ([{"target": 0, "base_class": 7}], 1, r"base_class'\]=7.*allowed: \[0, 1, 2, 3\]"),
+                                      ([{"target": 0, "base_class": t0}], 1, "the target's own class"),
+                                      ([{"target": 0, "base_class": other}], 31, "per_target=31 is more than the 30"),
+                                      ([{"target": 0, "base_class": other}], 0, "per_target=0")]:
+        with pytest.raises(ValueError, match=match):
+            FC.poison_frogs(task, setups, per_target=per_target, steps=1, progress=False)
 
 
 @pytest.mark.slow

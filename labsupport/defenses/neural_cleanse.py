@@ -37,6 +37,8 @@ def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     norms = torch.as_tensor(norms, dtype=torch.float64)
     if norms.numel() < 3:
         raise ValueError(f"the anomaly index needs at least 3 labels, got {norms.numel()}")
+    if not torch.isfinite(norms).all():
+        raise ValueError(f"norms must be finite mask norms, got {norms.tolist()}")
     med = norms.median()
     mad = MAD_CONSTANT * (norms - med).abs().median()
     return (norms - med).abs() / mad.clamp_min(1e-12)

@@ -183,6 +183,13 @@ class Examples:
         if not (len(self.task) == len(self.template) == len(self.label) == len(self.target)
                 == len(self.sentence) == len(self.poison) == n):
             raise ValueError("Examples fields must all have the same length")
+        for name, values in (("text", self.text), ("target", self.target)):
+            bad = next((i for i, t in enumerate(values) if not isinstance(t, str) or not t.strip()), None)
+            if bad is not None:
+                raise ValueError(f"Examples.{name}[{bad}] must be non-empty text, got {values[bad]!r}")
+        unknown = sorted(set(self.task) - set(TASKS))
+        if unknown:
+            raise ValueError(f"Examples.task holds unknown task names {unknown}; allowed: {list(TASKS)}")
 
     def __len__(self) -> int:
         return len(self.text)

@@ -201,9 +201,36 @@ class FrogsResult:
                 f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points{away}")
 
 
+def check_setups(task: TransferTask, setups: list[dict[str, int]], per_target: int = 1) -> None:
+    """Each setup names a test row of ``task`` (``target``) and another class of the transfer task
+    (``base_class``) with at least ``per_target`` training images to draw bases from."""
+    if not isinstance(setups, (list, tuple)) or len(setups) == 0:
+        raise ValueError("setups must be a non-empty list of {'target': test row, 'base_class': class} "
+                         f"dicts (see load_setups); got {setups!r:.80}")
+    per_target = check_int("per_target", per_target, low=1)
+    counts = {int(c): int(n) for c, n in zip(*torch.unique(task.y_train, return_counts=True))}
+    for i, s in enumerate(setups):
+        try:
+            target, base = int(s["target"]), int(s["base_class"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"setups[{i}] must be a dict with integer 'target' and 'base_class'; got {s!r}") from None
+        if not 0 <= target < len(task.y_test):
+            raise ValueError(f"setups[{i}]['target']={target} is not a test row; allowed: [0, {len(task.y_test) - 1}]")
+        if base not in counts:
+            raise ValueError(f"setups[{i}]['base_class']={base} is not a class of the transfer task; "
+                             f"allowed: {sorted(counts)}")
+        if base == int(task.y_test[target]):
+            raise ValueError(f"setups[{i}]: the base class {base} is the target's own class; a poison must "
+                             "carry another class's label")
+        if per_target > counts[base]:
+            raise ValueError(f"per_target={per_target} is more than the {counts[base]} training images of base "
+                             f"class {base} (setups[{i}])")
+
+
 def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each setup, ``per_target`` base images of its base class drawn from the transfer training
     set's class (seeded); returns (P*per_target,) target rows and base rows."""
+    check_setups(task, setups, per_target)
     rng = np.random.default_rng(seed)
     t_rows, b_rows = [], []
     for s in setups:
@@ -220,7 +247,6 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     """Craft ``per_target`` poisons per setup (bases from the transfer training set, which they
     replace so the set's size is unchanged), retrain the head per setup, and score it.
     ``beta0`` trades camouflage for collision (see :func:`craft_poisons`)."""
-    check_int("per_target", per_target, low=1)
     t_rows, b_rows = base_rows(task, setups, per_target, seed)
     poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
                             beta0=beta0, watermark=watermark, eps=eps, progress=progress)

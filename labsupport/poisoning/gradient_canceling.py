@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .._validate import check_float, check_int
+from .._validate import check_float, check_int, check_labels
 from .common import Poisoned
 from .label_flip import flip_labels
 
@@ -68,10 +68,26 @@ def loss_sum_grad(model: Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
 L2 = 1e-3  # the victim's weight decay: min mean CE + (L2/2)‖W‖²
 
 
+def check_xy(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None, *,
+             names: tuple[str, str] = ("x", "y")) -> None:
+    """``x`` a finite (N, d) float tensor (flattened images, one row per example) and ``y`` its N
+    class indices, in [0, num_classes) when given."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{names[0]} must be a floating-point torch.Tensor of shape (N, d), got "
+                        f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{names[0]} must have shape (N, d) with N >= 1 (flatten images with "
+                         f"x.flatten(1)); got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{names[0]} contains NaN or infinite values; features must be finite")
+    check_labels(names[1], y, n=len(x), num_classes=num_classes)
+
+
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, l2: float = L2,
                max_iter: int = 500, init: Linear | None = None) -> Linear:
     """Minimise the mean cross-entropy + (l2/2)‖W‖² with L-BFGS (convex: the result is the minimiser,
     whatever the start; ``init`` only makes a nearby start converge faster)."""
+    check_xy(x, y, check_int("num_classes", num_classes, low=2))
     W = (torch.zeros(num_classes, x.shape[1], dtype=x.dtype) if init is None else init.W.clone()).requires_grad_(True)
     b = (torch.zeros(num_classes, dtype=x.dtype) if init is None else init.b.clone()).requires_grad_(True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
@@ -106,6 +122,8 @@ def fit_logreg_many(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, 
     S, n, d = x.shape
     if tuple(y.shape) not in ((n,), (S, n)):
         raise ValueError(f"y must be (rows,) or (sets, rows) matching x {tuple(x.shape)}; got {tuple(y.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values; features must be finite")
     y = y.expand(S, n) if y.ndim == 1 else y
     k = check_int("num_classes", num_classes, low=2)
     check_int("max_iter", max_iter, low=1)
@@ -180,6 +198,7 @@ def gradpc_target(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, ra
     then ``steps`` normalised gradient-ascent steps of length radius/steps on the training loss
     (the target stays within ``radius`` of the warm start, with small weights, so it is reachable)."""
     check_float("radius", radius, low=0.0, low_open=True)
+    check_xy(x, y, num_classes)
     start = fit_logreg(x, y, num_classes, max_iter=check_int("warmup", warmup, low=1))
     W, b = start.W.clone(), start.b.clone()
     for _ in range(check_int("steps", steps, low=1)):
@@ -192,6 +211,7 @@ def gradpc_target(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, ra
 def reachability_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     """τ = max(⟨∇L(w_t; D_c), w_t⟩ / W((C−1)/e), 0) with the mean gradient over the clean set: the
     binary formula W(1/e) of Lu et al. generalised to C classes (:func:`poison_capacity`)."""
+    check_xy(x, y, target.W.shape[0])
     gW, gb = loss_sum_grad(target, x, y)
     gW = gW + len(y) * L2 * target.W
     inner = float((gW * target.W).sum() + (gb * target.b).sum()) / len(y)
@@ -209,6 +229,7 @@ def gradient_canceling(x: torch.Tensor, y: torch.Tensor, target: Linear, epsilon
     the clean gradient — and a range check on the training data rejects every one of them.
     """
     check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
+    check_xy(x, y, target.W.shape[0])
     if box is not None:
         if not (isinstance(box, tuple) and len(box) == 2 and all(isinstance(v, (int, float)) for v in box)
                 and np.isfinite(box).all() and box[0] < box[1]):
@@ -252,6 +273,7 @@ def flip_copies(x: torch.Tensor, y: torch.Tensor, clean: Linear, epsilon: float,
     """Label flipping at the same budget: ⌈εn⌉ copies of the training rows the clean model is most
     sure about, labelled with its runner-up class (the strongest flips of the label-flip section)."""
     check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
+    check_xy(x, y, clean.W.shape[0])
     n = len(y)
     k = max(1, int(round(epsilon * n)))
     flipped = flip_labels(y, k / n, mode="confident", num_classes=clean.W.shape[0],
@@ -290,7 +312,13 @@ def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
     """Clean model → GradPC target → per ε: gradient-canceling poisons and label-flip copies, each
     retrained from scratch (L-BFGS) and tested. Inputs are flattened images (N, d) in [0, 1].
     ``unboxed`` adds gradient canceling without the pixel box (the paper's code) per ε."""
+    check_xy(x_train, y_train, names=("x_train", "y_train"))
     num_classes = int(y_train.max()) + 1
+    check_xy(x_test, y_test, num_classes, names=("x_test", "y_test"))
+    if x_test.shape[1] != x_train.shape[1]:
+        raise ValueError(f"x_test has {x_test.shape[1]} features but x_train has {x_train.shape[1]}; they must match")
+    for e in epsilons:
+        check_float("epsilons[i]", e, low=0.0, high=1.0, low_open=True)
     clean = fit_logreg(x_train, y_train, num_classes)
     target = gradpc_target(x_train, y_train, num_classes, radius=radius, warmup=warmup)
     res = CancelingResult(100 * clean.accuracy(x_test, y_test), 100 * target.accuracy(x_test, y_test),

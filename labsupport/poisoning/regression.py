@@ -73,6 +73,8 @@ def fit_linear(x: np.ndarray, y: np.ndarray, kind: str = "ridge", lam: float | N
     ``Ridge(alpha=λN)``). LASSO: scikit-learn's ``Lasso(alpha=λ)``, min (1/2N)‖Xw + b − y‖² + λ‖w‖₁."""
     check_choice("kind", kind, REGRESSORS)
     lam = DEFAULT_LAMBDA[kind] if lam is None else check_float("lam", lam, low=0.0)
+    x = check_matrix("x", x)
+    y = check_vector("y", y, len(x))
     if kind == "ridge":
         n, d = x.shape
         xt = np.hstack([x, np.ones((n, 1))])

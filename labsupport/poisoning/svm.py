@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .._validate import check_class, check_float, check_int
 from ..data import ImageData
-from .common import Poisoned, Splits, check_vector
+from .common import Poisoned, Splits, check_matrix, check_vector
 
 _ALPHA_TOL = 1e-6  # relative tolerance deciding 0 < alpha < C (margin support vectors)
 
@@ -68,9 +68,19 @@ def pair_task(data: ImageData, a: int, b: int, *, n_train: int = 100, n_val: int
                     xte[:n_test], yte[:n_test], (data.classes[a], data.classes[b]), tuple(data.x_train.shape[1:]))
 
 
+def check_signs(name: str, y: np.ndarray, n: int) -> np.ndarray:
+    """Labels of a two-class pair task: a length-``n`` vector of -1 and +1."""
+    y = check_vector(name, y, n)
+    if not np.isin(y, (-1.0, 1.0)).all():
+        raise ValueError(f"{name} must hold the labels -1 and +1 (a pair task's); got values {np.unique(y)[:6].tolist()}")
+    return y
+
+
 def fit_svm(x: np.ndarray, y: np.ndarray, C: float = 1.0) -> SVC:
     """A linear SVM (``SVC(kernel="linear")``) solved tightly enough for the KKT-based gradient."""
-    return SVC(kernel="linear", C=C, tol=1e-6).fit(x, y)
+    x = check_matrix("x", x)
+    y = check_signs("y", y, len(x))
+    return SVC(kernel="linear", C=check_float("C", C, low=0.0, low_open=True), tol=1e-6).fit(x, y)
 
 
 def error_rate(svm: SVC, x: np.ndarray, y: np.ndarray) -> float:
@@ -91,6 +101,11 @@ def attack_gradient(svm: SVC, x: np.ndarray, y: np.ndarray, c: int, x_val: np.nd
     if getattr(svm, "kernel", None) != "linear":
         raise ValueError(f"the analytic gradient needs a linear SVM (kernel='linear'); got kernel="
                          f"{getattr(svm, 'kernel', type(svm).__name__)!r}")
+    x = check_matrix("x", x)
+    y = check_signs("y", y, len(x))
+    check_int("c", c, low=0, high=len(y) - 1)
+    x_val = check_matrix("x_val", x_val)
+    y_val = check_signs("y_val", y_val, len(x_val))
     C = svm.C
     alpha = np.zeros(len(y))
     alpha[svm.support_] = np.abs(svm.dual_coef_[0])
