@@ -274,8 +274,11 @@ def check_statp(statp_sample: Callable[..., tuple]) -> None:
     def predict(z: np.ndarray) -> np.ndarray:
         return z @ np.array([0.3, -0.2, 0.5, 0.1]) + 0.2
 
-    xp, yp = statp_sample(x, predict, 4000, np.random.default_rng(1))
-    xp, yp = np.asarray(xp), np.asarray(yp)
+    out = statp_sample(x, predict, 4000, np.random.default_rng(1))
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise ExerciseError(f"statp_sample should return a pair (x_p, y_p), got {type(out).__name__}"
+                            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    xp, yp = np.asarray(out[0]), np.asarray(out[1])
     if xp.shape != (4000, 4) or yp.shape != (4000,):
         raise ExerciseError(f"expected x_p of shape (4000, 4) and y_p of shape (4000,); got {xp.shape}, {yp.shape}")
     if not np.isin(xp, (0.0, 1.0)).all():

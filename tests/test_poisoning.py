@@ -242,6 +242,9 @@ def test_statp_exercise_accepts_the_reference():
     checks.check_statp(statp_sample)
     with pytest.raises(checks.ExerciseError, match="corners"):
         checks.check_statp(lambda x, predict, p, rng: (rng.random((p, x.shape[1])), np.zeros(p)))
+    for wrong in (None, "x", (np.zeros((4000, 4)),)):
+        with pytest.raises(checks.ExerciseError, match="should return a pair"):
+            checks.check_statp(lambda x, predict, p, rng, wrong=wrong: wrong)
 
 
 def test_randhie_is_scaled_to_the_unit_box():
