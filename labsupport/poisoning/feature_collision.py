@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .._validate import check_float, check_int
 from ..data import ImageData
-from ..training import TrainConfig, train_model
+from ..training import TrainConfig, predict, train_model
 from .gradient_canceling import Linear, fit_logreg, fit_logreg_many
 
 SETUPS_FILE = "frogs_setups.json"
@@ -178,6 +178,7 @@ class FrogsResult:
     base_rows: torch.Tensor | None = None    # their base images' rows in the transfer training set
     linf: np.ndarray | None = None           # each poison's ℓ∞ distance from its base image
     collision: np.ndarray | None = None      # ‖f(poison) − f(target)‖ / ‖f(base) − f(target)‖ per poison
+    baseline: float | None = None            # share of targets the clean victim already puts in the base class
 
     @property
     def rate(self) -> float:
@@ -197,6 +198,8 @@ class FrogsResult:
         away = "" if self.linf is None else f", poisons {np.median(self.linf):.2f} from their bases (median ℓ∞)"
         if self.collision is not None:
             away += f", feature distance to the target {np.median(self.collision):.3f} of the base's (median)"
+        if self.baseline is not None:
+            away += f"; the clean victim already puts {100 * self.baseline:.0f}% of the targets in the base class"
         return (f"{self.name}: success {100 * self.rate:.0f}% ± {100 * self.error_bar:.0f} "
                 f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points{away}")
 
@@ -303,12 +306,7 @@ def budget_curve(task: TransferTask, setups: list[dict[str, int]], result: Frogs
     """How many poisons a target needs: for each c in ``counts`` (default 1 … per_target), the
     victim sees only the first c of each setup's poisons from ``result`` (one crafting run, so the
     points differ only in the budget); success and clean-accuracy drop per c."""
-    if not isinstance(result, FrogsResult) or result.poisons is None or result.base_rows is None:
-        raise TypeError("result must be a FrogsResult from poison_frogs (with its poisons)")
-    if not setups or len(result.poisons) % len(setups) or len(result.success) != len(setups):
-        raise ValueError(f"result has {len(result.success)} setups and {len(result.poisons)} poisons; "
-                         f"setups has {len(setups)}: pass the setups the result was made on")
-    per = len(result.poisons) // len(setups)
+    per = _poisons_per_target(setups, result)
     counts = tuple(range(1, per + 1)) if counts is None else tuple(counts)
     if not counts:
         raise ValueError("counts is empty")
@@ -325,3 +323,43 @@ def budget_curve(task: TransferTask, setups: list[dict[str, int]], result: Frogs
                              None if result.linf is None else result.linf[use.numpy()],
                              None if result.collision is None else result.collision[use.numpy()])
     return out
+
+
+def _poisons_per_target(setups: list[dict[str, int]], result: FrogsResult) -> int:
+    if not isinstance(result, FrogsResult) or result.poisons is None or result.base_rows is None:
+        raise TypeError("result must be a FrogsResult from poison_frogs (with its poisons)")
+    if not setups or len(result.poisons) % len(setups) or len(result.success) != len(setups):
+        raise ValueError(f"result has {len(result.success)} setups and {len(result.poisons)} poisons; "
+                         f"setups has {len(setups)}: pass the setups the result was made on")
+    return len(result.poisons) // len(setups)
+
+
+SCRATCH_CONFIG = TrainConfig(epochs=20, batch_size=64, lr=1e-3)
+
+
+def from_scratch(task: TransferTask, setups: list[dict[str, int]], result: FrogsResult, *,
+                 config: TrainConfig = SCRATCH_CONFIG, progress: bool = False) -> FrogsResult:
+    """The same poisons against a victim that trains the whole course MLP from scratch on the
+    transfer set (one model per setup, its poisons in place of their bases, the same seed for every
+    model, so only the poisons differ): the poisons collide in the frozen extractor's features,
+    which this victim never uses. ``baseline`` is the share of targets the clean from-scratch model
+    already puts in the base class - the rate to compare ``success`` with."""
+    per = _poisons_per_target(setups, result)
+    k = len(task.classes)
+
+    def fit(x: torch.Tensor) -> torch.Tensor:
+        model = train_model("mlp", x, task.y_train, config, num_classes=k, cache=False, progress=False)
+        return predict(model, task.x_test)
+
+    clean = fit(task.x_train)
+    success, acc = np.zeros(len(setups), dtype=bool), np.zeros(len(setups))
+    for i, s in enumerate(tqdm(setups, desc="victims trained from scratch", disable=not progress)):
+        x = task.x_train.clone()
+        x[result.base_rows[i * per:(i + 1) * per]] = result.poisons[i * per:(i + 1) * per]
+        pred = fit(x)
+        success[i] = int(pred[s["target"]]) == s["base_class"]
+        acc[i] = float((pred == task.y_test).float().mean())
+    baseline = float(np.mean([int(clean[s["target"]]) == s["base_class"] for s in setups]))
+    return FrogsResult(f"{result.name}, victim trained from scratch", success, acc,
+                       float((clean == task.y_test).float().mean()), result.poisons, result.base_rows,
+                       result.linf, result.collision, baseline)
