@@ -88,7 +88,7 @@ def _check_values(name: str, x: torch.Tensor) -> None:
     seen = _SCANNED.get(id(x))
     if seen is not None and seen[0]() is x and seen[1] == x._version:
         return
-    lo, hi = (float(v) for v in torch.aminmax(x))
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
     if lo != lo or hi != hi:
         raise ValueError(f"{name} contains NaN values; images must be finite floats in [0, 1]")
     if lo < -_TOLERANCE or hi > 1 + _TOLERANCE:

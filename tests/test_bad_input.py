@@ -42,6 +42,13 @@ def test_slightly_out_of_range_after_blend_rounding_is_fine():
     _validate.check_images("x", out)  # 0.2 * 1 + 0.8 * 1 may round above 1 by an ulp
 
 
+def test_checking_a_tensor_that_requires_grad_warns_nothing():
+    x = torch.rand(2, 1, 8, 8, requires_grad=True) * 1.0   # e.g. a trigger generator's output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _validate.check_images("x", x)
+
+
 def test_empty_training_set():
     with pytest.raises(ValueError, match="x is empty"):
         ls.badnets(X[:0], Y[:0], ls.Patch(ls.white_square(2)), 9, rate=0.1)
