@@ -46,6 +46,15 @@ def test_auroc_matches_sklearn():
     assert ls.auroc(scores, truth) == pytest.approx(roc_auc_score(truth.numpy(), scores.numpy()), abs=1e-9)
 
 
+def test_auroc_refuses_nan_scores_and_mismatched_rows():
+    truth = torch.tensor([0, 1, 0, 1], dtype=torch.bool)
+    with pytest.raises(ValueError, match="1 NaN"):
+        ls.auroc(torch.tensor([0.1, float("nan"), 0.3, 0.9]), truth)
+    with pytest.raises(ValueError, match="scores \\(3 rows\\) and truth \\(4 rows\\)"):
+        ls.auroc(torch.tensor([0.1, 0.2, 0.3]), truth)
+    assert ls.auroc(torch.tensor([-float("inf"), 1.0, 0.0, float("inf")]), truth) == 1.0  # infinities still order
+
+
 def test_detection_scores():
     flags = torch.tensor([1, 1, 0, 0, 1], dtype=torch.bool)
     truth = torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool)
