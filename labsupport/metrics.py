@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._validate import check_images, check_labels
-from .training import predict
+from .training import predict, predict_proba
 
 TargetSpec = int | Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,6 +56,11 @@ def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_images("x", x)
     check_labels("y", y, n=len(x))
     goal = target_labels(target, y)
+    if len(y):
+        k = predict_proba(model, x[:1]).shape[1]
+        if int(goal.min()) < 0 or int(goal.max()) >= k:
+            raise ValueError(f"target must name classes of the model, in [0, {k - 1}]; got labels in "
+                             f"[{int(goal.min())}, {int(goal.max())}]")
     keep = goal != y
     if only_correct:
         keep &= predict(model, x) == y

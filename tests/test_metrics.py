@@ -46,6 +46,14 @@ def test_auroc_matches_sklearn():
     assert ls.auroc(scores, truth) == pytest.approx(roc_auc_score(truth.numpy(), scores.numpy()), abs=1e-9)
 
 
+def test_asr_refuses_a_target_the_model_cannot_output():
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    for target in (11, -1, lambda labels: labels + 10):
+        with pytest.raises(ValueError, match=r"in \[0, 9\]"):
+            ls.attack_success_rate(Always(2), x, y, lambda z: z, target)
+    assert ls.attack_success_rate(Always(2), x, y, lambda z: z, 2) == 1.0
+
+
 def test_auroc_refuses_nan_scores_and_mismatched_rows():
     truth = torch.tensor([0, 1, 0, 1], dtype=torch.bool)
     with pytest.raises(ValueError, match="1 NaN"):
