@@ -18,7 +18,7 @@ drags the target across the boundary. Trained from scratch, or with the poison h
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
@@ -45,6 +45,7 @@ class TransferTask:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: tuple[str, ...]
+    _victim: _Victim | None = field(default=None, init=False, repr=False, compare=False)
 
 
 def transfer_task(data: ImageData, extractor: nn.Module, transfer_classes: tuple[int, ...],
@@ -253,13 +254,14 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
     t_rows, b_rows = base_rows(task, setups, per_target, seed)
     poisons = craft_poisons(task.extractor, task.x_test[t_rows], task.x_train[b_rows], steps=steps, lr=lr,
                             beta0=beta0, watermark=watermark, eps=eps, progress=progress)
-    success, acc, clean_acc = _score_heads(task, setups, poisons, b_rows, per_target, _Victim.of(task))
+    victim = _Victim.of(task)
+    success, acc, clean_acc = _score_heads(task, setups, poisons, b_rows, per_target, victim)
     label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
                      + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else "") + (f", β0 {beta0:g}" if beta0 != 0.25 else ""))
     linf = (poisons - task.x_train[b_rows]).abs().flatten(1).amax(1).numpy()
-    goal = features(task.extractor, task.x_test[t_rows])
+    goal = victim.ftest[t_rows]
     collision = ((features(task.extractor, poisons) - goal).norm(dim=1)
-                 / (features(task.extractor, task.x_train[b_rows]) - goal).norm(dim=1)).numpy()
+                 / (victim.ftrain[b_rows] - goal).norm(dim=1)).numpy()
     return FrogsResult(label, success, acc, clean_acc, poisons, b_rows, linf, collision)
 
 
@@ -273,7 +275,11 @@ class _Victim:
 
     @classmethod
     def of(cls, task: TransferTask) -> _Victim:
-        return cls(fit_head(task), features(task.extractor, task.x_train), features(task.extractor, task.x_test))
+        """Computed once per task (its extractor is frozen) and kept on it."""
+        if task._victim is None:
+            victim = cls(fit_head(task), features(task.extractor, task.x_train), features(task.extractor, task.x_test))
+            object.__setattr__(task, "_victim", victim)
+        return task._victim
 
 
 def poisoned_feature_sets(task: TransferTask, ftrain: torch.Tensor, poisons: torch.Tensor, b_rows: torch.Tensor,

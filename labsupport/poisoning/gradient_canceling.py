@@ -198,7 +198,6 @@ def gradpc_target(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, ra
     then ``steps`` normalised gradient-ascent steps of length radius/steps on the training loss
     (the target stays within ``radius`` of the warm start, with small weights, so it is reachable)."""
     check_float("radius", radius, low=0.0, low_open=True)
-    check_xy(x, y, num_classes)
     start = fit_logreg(x, y, num_classes, max_iter=check_int("warmup", warmup, low=1))
     W, b = start.W.clone(), start.b.clone()
     for _ in range(check_int("steps", steps, low=1)):
