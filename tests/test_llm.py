@@ -353,8 +353,10 @@ def test_dirty_label_trigger_is_learned(lab3):
     assert removed["trusted - poisoned"] >= 0.25, removed  # trusted alone: 22 % here (4.2k examples)
     assert removed["rank gap"] >= 0.5, removed
     # ONION in front of the poisoned model deletes most of the trigger's effect: "Bond" is rare
-    # and goes, "James" often stays (measured: no trigger word left in 63 %, ASR 94 -> 26 %)
-    onion = experiments.onion_effect(dirty, base, test, rows=60)
+    # and goes, "James" often stays (measured: no trigger word left in 67-72 %, ASR 93-95 -> 27 %).
+    # Its clean-accuracy cost is 3-6 points on 600-800 rows under either arithmetic (bfloat16 /
+    # float32); on 120 rows the noise of the paired difference let it reach 11.7 (float32): 600 rows
+    onion = experiments.onion_effect(dirty, base, ic.test, rows=300)
     print(onion)
     assert onion.trigger_removed >= 0.5 and onion.asr[1] < onion.asr[0] - 0.5, onion
     assert onion.accuracy[1] >= onion.accuracy[0] - 0.1 and 0 < onion.words_deleted < 0.6, onion
