@@ -510,7 +510,7 @@ def test_denial_of_service_trigger_is_measured(lab3):
 
 def test_training_precision_is_bfloat16_only_where_native_and_keeps_attention_exact():
     cpu = torch.device("cpu")
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and train.precision() == "auto"
     x = torch.randn(2, 4, 8, 16)
     with train.training_precision(cpu):
         y = torch.nn.functional.linear(x, torch.randn(16, 16))
@@ -523,3 +523,14 @@ def test_training_precision_is_bfloat16_only_where_native_and_keeps_attention_ex
         with train.training_precision(cpu):
             logits = model(torch.randint(0, 64, (2, 8)))
         assert logits.dtype == torch.bfloat16
+
+
+def test_precision_can_be_forced_to_float32(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
+    with train.training_precision(cpu):
+        assert torch.nn.functional.linear(torch.randn(2, 16), torch.randn(16, 16)).dtype == torch.float32
+    assert not train.autocast(torch.device("cuda"))._enabled
+    monkeypatch.setenv("LABSUPPORT_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="LABSUPPORT_PRECISION.*'auto', 'float32'.*'bf16'"):
+        train.autocast(cpu)

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -73,12 +74,24 @@ def _lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) + lr * 0.05
 
 
+PRECISIONS = ("auto", "float32")
+
+
+def precision() -> str:
+    """``LABSUPPORT_PRECISION``: ``"auto"`` (the default: bfloat16 where native) or ``"float32"``
+    (everywhere, e.g. to reproduce the numbers of a CPU without bfloat16 on one that has it)."""
+    value = os.environ.get("LABSUPPORT_PRECISION", "auto")
+    if value not in PRECISIONS:
+        raise ValueError(f"LABSUPPORT_PRECISION must be one of {PRECISIONS}, got {value!r}")
+    return value
+
+
 def autocast(dev: torch.device):
     """bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX:
-    2-3x faster steps here), else a no-op."""
+    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op."""
     if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    native = dev.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision() == "auto")
+    native = dev.type == "cpu" and precision() == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
 
 
