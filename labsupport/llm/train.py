@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from .._validate import check_int, check_optimizer_settings
+from .._validate import check_choice, check_int, check_optimizer_settings
 from ..io import IntegrityError, load_model, save_model, tensors_sha256
 from ..paths import model_cache
 from ..training import configure_threads, flush_denormals, pick_device
@@ -80,10 +80,7 @@ PRECISIONS = ("auto", "float32")
 def precision() -> str:
     """``LABSUPPORT_PRECISION``: ``"auto"`` (the default: bfloat16 where native) or ``"float32"``
     (everywhere, e.g. to reproduce the numbers of a CPU without bfloat16 on one that has it)."""
-    value = os.environ.get("LABSUPPORT_PRECISION", "auto")
-    if value not in PRECISIONS:
-        raise ValueError(f"LABSUPPORT_PRECISION must be one of {PRECISIONS}, got {value!r}")
-    return value
+    return check_choice("LABSUPPORT_PRECISION", os.environ.get("LABSUPPORT_PRECISION", "auto"), PRECISIONS)
 
 
 def autocast(dev: torch.device):
