@@ -129,7 +129,8 @@ def make_setups(task: TransferTask, n: int = 50, seed: int = 0) -> list[dict[str
     correctly, base classes different from the target's."""
     rng = np.random.default_rng(seed)
     k = len(task.classes)
-    correct = fit_head(task).logits(features(task.extractor, task.x_test)).argmax(1) == task.y_test
+    victim = _Victim.of(task)   # the clean head and test features, kept on the task for the attack
+    correct = victim.clean_head.logits(victim.ftest).argmax(1) == task.y_test
     out = []
     for t in rng.choice(torch.nonzero(correct).flatten().numpy(), size=n, replace=False):
         tc = int(task.y_test[t])
