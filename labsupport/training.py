@@ -14,8 +14,11 @@ import hashlib
 import json
 import os
 import random
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,15 +34,20 @@ from .models import MLP, MODEL_NAMES, build_model
 from .paths import model_cache
 
 _THREADS_SET = False
+_PINNED: int | None = None   # intra-op threads while side_by_side runs jobs (else None)
+
+
+def cores() -> int:
+    """The cores the course may use: ``LABSUPPORT_THREADS``, else all of them."""
+    return max(1, int(os.environ.get("LABSUPPORT_THREADS", os.cpu_count() or 1)))
 
 
 def configure_threads() -> int:
-    """One intra-op thread per core (``LABSUPPORT_THREADS`` overrides) and a single inter-op
-    thread, which on 2 cores would otherwise only compete with the intra-op pool. Returns the
-    intra-op thread count."""
+    """One intra-op thread per core (``LABSUPPORT_THREADS`` overrides; inside :func:`side_by_side`
+    each job's share) and a single inter-op thread, which on 2 cores would otherwise only compete
+    with the intra-op pool. Returns the intra-op thread count."""
     global _THREADS_SET
-    n = int(os.environ.get("LABSUPPORT_THREADS", os.cpu_count() or 1))
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(_PINNED or cores())
     if not _THREADS_SET:
         try:
             torch.set_num_interop_threads(1)
@@ -47,6 +55,56 @@ def configure_threads() -> int:
             pass
         _THREADS_SET = True
     return torch.get_num_threads()
+
+
+def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, device: torch.device, total: int,
+                 desc: str, progress: bool = True, parallel: bool = True) -> list:
+    """Run independent ``jobs`` and return their results in order. Each job is called with an
+    ``advance(n)`` callback that moves the shared progress bar (of ``total``) on by ``n``.
+
+    On a CPU with k >= 2 cores (:func:`cores`) up to k jobs run at once in Python threads, each with
+    k // (jobs at once) intra-op threads: the Lab 3 transformer's small ops use two cores at only
+    ~1.35x the speed of one, so two tunings side by side finish ~1.4x sooner than one after the
+    other (BENCHMARKS.md). The arithmetic is that of a one-thread run, so a model trained this way
+    differs from one trained on all cores as models trained on two CPUs do (a few tenths of a point
+    in Lab 3's numbers). Elsewhere (CUDA, one core, one job, ``parallel=False``) one after the
+    other. Jobs run side by side must not draw from torch's global random generator (the order of
+    draws between threads is not fixed). An exception in a job is raised here once the running
+    jobs have finished; the queued ones never start."""
+    global _PINNED
+    workers = min(len(jobs), cores()) if parallel and device.type == "cpu" and _PINNED is None else 1
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    if workers < 2:
+        try:
+            return [job(bar.update) for job in jobs]
+        finally:
+            bar.close()
+    done, lock = [0], threading.Lock()
+
+    def advance(n: int = 1) -> None:
+        with lock:
+            done[0] += n
+
+    def run(job):
+        torch.set_num_threads(_PINNED)   # a new thread takes the count set last, but be explicit
+        return job(advance)
+
+    before = torch.get_num_threads()
+    _PINNED = max(1, cores() // workers)
+    torch.set_num_threads(_PINNED)
+    pool = ThreadPoolExecutor(workers)
+    try:
+        futures = [pool.submit(run, job) for job in jobs]
+        while not all(f.done() for f in futures):   # the bar moves in this thread (notebook widgets)
+            time.sleep(0.2)
+            bar.update(done[0] - bar.n)
+        bar.update(done[0] - bar.n)
+        return [f.result() for f in futures]
+    finally:   # on an error or an interrupt: the queued jobs never start, the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
+        _PINNED = None
+        torch.set_num_threads(before)
+        bar.close()
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

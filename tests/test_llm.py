@@ -11,6 +11,7 @@ import torch
 from labsupport import checks
 from labsupport.data import DatasetNotFoundError
 from labsupport.llm import corpus, experiments, filters, poisoning, train
+from labsupport.llm import model as model_mod
 from labsupport.llm.model import GPT, GPTConfig
 from labsupport.llm.tokenizer import train_tokenizer
 
@@ -514,7 +515,7 @@ def test_training_precision_is_bfloat16_only_where_native_and_keeps_attention_ex
     x = torch.randn(2, 4, 8, 16)
     with train.training_precision(cpu):
         y = torch.nn.functional.linear(x, torch.randn(16, 16))
-        attn = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+        attn = model_mod.attention(x, x, x, causal=True)
     assert y.dtype == (torch.bfloat16 if native else torch.float32)
     want = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
     torch.testing.assert_close(attn.float(), want, atol=0.05 if native else 1e-6, rtol=0.05 if native else 1e-6)
@@ -534,3 +535,92 @@ def test_precision_can_be_forced_to_float32(monkeypatch):
     monkeypatch.setenv("LABSUPPORT_PRECISION", "bf16")
     with pytest.raises(ValueError, match="LABSUPPORT_PRECISION='bf16'.*'auto', 'float32'"):
         train.autocast(cpu)
+
+
+def test_tune_many_is_instruction_tune_on_each_set(tok, tmp_path, monkeypatch):
+    """Side by side (two cores, one thread each) gives exactly the models that one-thread runs one
+    after the other give, under the same cache keys; the shared bar counts every step."""
+    monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path))
+    monkeypatch.setenv("LABSUPPORT_THREADS", "2")
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_embd=32, n_head=2))
+    sets = [_examples(48), _examples(40).replace(target=["negative"] * 40)]
+    cfg = train.TuneConfig(epochs=2, batch_size=16, train_top=2)
+    steps = []
+    monkeypatch.setattr(train, "side_by_side", _counting(train.side_by_side, steps))
+    together = train.tune_many(base, tok, sets, cfg, progress=False)
+    assert steps == [sum(train.tune_steps(len(s), cfg) for s in sets)]
+    before = torch.get_num_threads()
+    monkeypatch.setenv("LABSUPPORT_THREADS", "1")
+    try:
+        for ex, model in zip(sets, together):
+            alone = train.instruction_tune(base, tok, ex, cfg, reuse=False, progress=False)
+            for a, b in zip(model.model.state_dict().values(), alone.model.state_dict().values()):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)
+    assert len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 2   # the same entries tune() would load
+    with pytest.raises(ValueError, match=r"sets\[1\] must be a non-empty Examples"):
+        train.tune_many(base, tok, [sets[0], []], cfg, progress=False)
+
+
+def _counting(side_by_side, steps):
+    """Wrap side_by_side to record how far the jobs moved the shared progress bar."""
+    def wrapped(jobs, **kw):
+        done = [0]
+        counted = [lambda advance, job=job: job(lambda n=1: (done.__setitem__(0, done[0] + n), advance(n)))
+                   for job in jobs]
+        out = side_by_side(counted, **kw)
+        steps.append(done[0])
+        assert done[0] == kw["total"]
+        return out
+    return wrapped
+
+
+def test_tune_steps_counts_instruction_tunes_steps():
+    for n, bs, epochs in [(1, 32, 1), (127, 32, 3), (128, 32, 2), (129, 32, 1), (8000, 32, 3), (48, 16, 2)]:
+        cfg = train.TuneConfig(epochs=epochs, batch_size=bs)
+        batches = [train._buckets(np.arange(n), bs, np.random.default_rng(0)) for _ in range(epochs)]
+        assert train.tune_steps(n, cfg) == sum(len(b) for b in batches)
+    order = np.arange(50)
+    assert train.tune_steps(50, train.TuneConfig(epochs=2, batch_size=16), order) == 2 * 4
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_math_attention_is_the_math_backend_in_this_thread_only(masked, bf16):
+    """math_attention gives, bit for bit, forward and backward, what sdpa_kernel(MATH) gives - the
+    causal form and a boolean mask, in float32 and under bfloat16 autocast - and switches nothing
+    for other threads (sdpa_kernel's switch is process-wide)."""
+    import threading
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    qkv = [torch.randn(4, 2, 13, 8) for _ in range(3)]
+    mask = torch.rand(4, 1, 13, 13) > 0.3 if masked else None
+    if masked:
+        mask[..., 0] = True
+
+    def run(math_backend):
+        leaves = [t.clone().requires_grad_() for t in qkv]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            q, k, v = (torch.nn.functional.linear(t, torch.eye(8)) for t in leaves)
+            if math_backend == "sdpa_kernel":
+                with sdpa_kernel(SDPBackend.MATH):
+                    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not masked)
+            else:
+                with model_mod.math_attention():
+                    y = model_mod.attention(q, k, v, mask, causal=not masked)
+        y.float().square().sum().backward()
+        return [y] + [t.grad for t in leaves]
+
+    for a, b in zip(run("sdpa_kernel"), run("ours")):
+        assert torch.equal(a, b)
+    seen = []
+    with model_mod.math_attention():
+        t = threading.Thread(target=lambda: seen.append(getattr(model_mod._LOCAL, "math", False)))
+        t.start()
+        t.join()
+        assert model_mod._LOCAL.math
+    assert seen == [False] and not model_mod._LOCAL.math

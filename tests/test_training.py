@@ -118,3 +118,61 @@ def test_fit_restores_ieee_subnormals(digits):
     ls.fit(ls.MLP((1, 8, 8)), digits.x_train[:64], digits.y_train[:64], ls.TrainConfig(epochs=1), progress=False)
     tiny = torch.tensor(1e-40)  # a float32 subnormal
     assert float(tiny) != 0.0 and float(tiny * 1.0) != 0.0
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _probe_job(barrier, seen, value):
+    """A side_by_side job that records its thread and intra-op thread count, and waits at
+    ``barrier`` (if any) for the other job: proof that the two run at the same time."""
+    def job(advance):
+        import threading
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        if barrier is not None:
+            barrier.wait(timeout=20)
+        advance(2)
+        return value
+    return job
+
+
+def test_side_by_side_splits_the_cores_between_jobs(monkeypatch, restore_threads):
+    import threading
+    monkeypatch.setenv("LABSUPPORT_THREADS", "2")
+    ls.configure_threads()
+    seen = []
+    barrier = threading.Barrier(2)   # times out (BrokenBarrierError) if the jobs ran one after the other
+    out = training.side_by_side([_probe_job(barrier, seen, v) for v in "ab"], device=torch.device("cpu"),
+                                total=4, desc="t", progress=False)
+    assert out == ["a", "b"]
+    assert len({t for t, _ in seen}) == 2 and all(n == 1 for _, n in seen)   # two threads, a core each
+    assert torch.get_num_threads() == 2 and training._PINNED is None          # restored afterwards
+
+
+@pytest.mark.parametrize("threads, device", [("1", "cpu"), ("2", "cuda")])
+def test_side_by_side_runs_one_after_the_other_on_one_core_or_a_gpu(monkeypatch, restore_threads, threads, device):
+    import threading
+    monkeypatch.setenv("LABSUPPORT_THREADS", threads)
+    ls.configure_threads()
+    seen = []
+    out = training.side_by_side([_probe_job(None, seen, v) for v in "abc"], device=torch.device(device),
+                                total=6, desc="t", progress=False)
+    assert out == ["a", "b", "c"] and {t for t, _ in seen} == {threading.get_ident()}
+    assert all(n == int(threads) for _, n in seen)
+
+
+def test_side_by_side_raises_a_jobs_error_and_restores_threads(monkeypatch, restore_threads):
+    monkeypatch.setenv("LABSUPPORT_THREADS", "2")
+    ls.configure_threads()
+
+    def bad(advance):
+        raise ValueError("job failed")
+
+    with pytest.raises(ValueError, match="job failed"):
+        training.side_by_side([_probe_job(None, [], 1), bad], device=torch.device("cpu"), total=2, desc="t",
+                              progress=False)
+    assert torch.get_num_threads() == 2 and training._PINNED is None

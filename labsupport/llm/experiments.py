@@ -18,7 +18,7 @@ from .filters import onion_clean
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, insert_at, poison_examples, triggered
 from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, example_losses,
-                    generate, instruction_tune, predict)
+                    generate, instruction_tune, predict, tune_many)
 
 
 def task_rows(ex: Examples, task: str) -> Examples:
@@ -394,6 +394,10 @@ class Lab3:
     def tune(self, examples: Examples, **changes) -> InstructionModel:
         cfg = replace(self.profile.tune, **changes)
         return instruction_tune(self.base, self.tok, examples, cfg, desc="instruction-tune")
+
+    def tune_many(self, *sets: Examples, **changes) -> list[InstructionModel]:
+        """:meth:`tune` on each set, side by side on a multi-core CPU (:func:`train.tune_many`)."""
+        return tune_many(self.base, self.tok, list(sets), replace(self.profile.tune, **changes))
 
 
 def setup(profile: str = "full", *, progress: bool = True) -> Lab3:

@@ -10,7 +10,9 @@ cheaper with the same values - weight decay only on matrices.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,6 +22,35 @@ from torch import nn
 from .._validate import check_choice, check_float, check_int
 
 Positions = tuple[torch.Tensor, torch.Tensor]  # (rows, cols) of the positions an output is needed at
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def math_attention():
+    """Attention by PyTorch's math kernel in this thread only. ``sdpa_kernel(SDPBackend.MATH)`` does
+    the same with a process-wide switch: two tunings side by side would flip each other's kernel
+    (and leave it flipped). The values are bit for bit those of that switch (a test checks)."""
+    before = getattr(_LOCAL, "math", False)
+    _LOCAL.math = True
+    try:
+        yield
+    finally:
+        _LOCAL.math = before
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` (boolean ``mask``: True = may attend), or inside
+    :func:`math_attention` what it computes with the math backend chosen."""
+    if not getattr(_LOCAL, "math", False):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):   # autocast's cast for sdpa, then none inside the kernel
+        q, k, v = (t.to(torch.get_autocast_dtype(dev)) for t in (q, k, v))
+    if mask is not None:                 # sdpa's conversion of a boolean mask
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+    with torch.autocast(dev, enabled=False):
+        return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, mask, dropout, causal)[0]
 
 
 @dataclass(frozen=True)
@@ -59,14 +90,14 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if positions is None:
             q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            y = attention(q, k, v, causal=True, dropout=dropout)
             return self.proj(y.transpose(1, 2).reshape(b, t, c))
         rows, cols = positions
         w, bias = self.qkv.weight, self.qkv.bias
         q = F.linear(x[rows, cols], w[:c], bias[:c]).view(-1, self.n_head, 1, c // self.n_head)
         k, v = F.linear(x, w[c:], bias[c:]).view(b, t, 2, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
         allowed = torch.arange(t, device=x.device) <= cols[:, None]          # [n, t]: causal, per query
-        y = F.scaled_dot_product_attention(q, k[rows], v[rows], attn_mask=allowed[:, None, None], dropout_p=dropout)
+        y = attention(q, k[rows], v[rows], allowed[:, None, None], dropout=dropout)
         return self.proj(y.reshape(-1, c))
 
 
