@@ -57,6 +57,10 @@ def configure_threads() -> int:
     return torch.get_num_threads()
 
 
+class _Stopped(Exception):
+    """Raised inside a side-by-side job when another job failed or the run was interrupted."""
+
+
 def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, device: torch.device, total: int,
                  desc: str, progress: bool = True, parallel: bool = True) -> list:
     """Run independent ``jobs`` and return their results in order. Each job is called with an
@@ -69,8 +73,8 @@ def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, devic
     differs from one trained on all cores as models trained on two CPUs do (a few tenths of a point
     in Lab 3's numbers). Elsewhere (CUDA, one core, one job, ``parallel=False``) one after the
     other. Jobs run side by side must not draw from torch's global random generator (the order of
-    draws between threads is not fixed). An exception in a job is raised here once the running
-    jobs have finished; the queued ones never start."""
+    draws between threads is not fixed). An exception in a job, or an interrupt, stops the other
+    jobs at their next ``advance`` (the queued ones never start) and is raised here."""
     global _PINNED
     workers = min(len(jobs), cores()) if parallel and device.type == "cpu" and _PINNED is None else 1
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -79,9 +83,11 @@ def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, devic
             return [job(bar.update) for job in jobs]
         finally:
             bar.close()
-    done, lock = [0], threading.Lock()
+    done, lock, stop = [0], threading.Lock(), threading.Event()
 
     def advance(n: int = 1) -> None:
+        if stop.is_set():
+            raise _Stopped
         with lock:
             done[0] += n
 
@@ -96,11 +102,18 @@ def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, devic
     try:
         futures = [pool.submit(run, job) for job in jobs]
         while not all(f.done() for f in futures):   # the bar moves in this thread (notebook widgets)
-            time.sleep(0.2)
-            bar.update(done[0] - bar.n)
-        bar.update(done[0] - bar.n)
+            time.sleep(0.1)
+            if done[0] > bar.n:
+                bar.update(done[0] - bar.n)
+            if any(f.done() and f.exception() for f in futures):
+                break
+        stop.set()
+        for f in futures:   # the first real error (the others were stopped because of it)
+            if f.done() and f.exception() and not isinstance(f.exception(), _Stopped):
+                raise f.exception()
         return [f.result() for f in futures]
-    finally:   # on an error or an interrupt: the queued jobs never start, the running ones finish
+    finally:   # on an error or an interrupt: running jobs stop at their next step, queued ones never start
+        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         _PINNED = None
         torch.set_num_threads(before)

@@ -169,10 +169,21 @@ def test_side_by_side_raises_a_jobs_error_and_restores_threads(monkeypatch, rest
     monkeypatch.setenv("LABSUPPORT_THREADS", "2")
     ls.configure_threads()
 
+    import time
+    steps = []
+
+    def long(advance):   # would run ~100 s: stopped at its next step once the other job fails
+        for _ in range(100_000):
+            time.sleep(0.001)
+            advance(1)
+            steps.append(1)
+
     def bad(advance):
+        time.sleep(0.2)
         raise ValueError("job failed")
 
+    start = time.perf_counter()
     with pytest.raises(ValueError, match="job failed"):
-        training.side_by_side([_probe_job(None, [], 1), bad], device=torch.device("cpu"), total=2, desc="t",
-                              progress=False)
+        training.side_by_side([long, bad], device=torch.device("cpu"), total=2, desc="t", progress=False)
+    assert time.perf_counter() - start < 10 and len(steps) < 10_000
     assert torch.get_num_threads() == 2 and training._PINNED is None
