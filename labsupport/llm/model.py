@@ -1,6 +1,7 @@
 """A small decoder-only transformer in the style of nanoGPT (Karpathy), in one readable module.
 
-Pre-LayerNorm blocks, causal ``F.scaled_dot_product_attention``, an exact-GELU MLP (GPT-2's tanh
+Pre-LayerNorm blocks, causal ``F.scaled_dot_product_attention`` (its math kernel, switched on per
+thread by :func:`math_attention`, in bfloat16 training on a CPU), an exact-GELU MLP (GPT-2's tanh
 approximation trains ~8 % slower on CPU), learned positions, the output layer tied to the token
 embedding and applied only at the positions a loss or a score needs (``forward(idx,
 positions=...)``) - and so is the last block, beyond its keys and values: instruction tuning reads
