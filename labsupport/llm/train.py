@@ -402,9 +402,7 @@ def tune_steps(n: int, config: TuneConfig, order: np.ndarray | None = None) -> i
     """The optimiser steps :func:`instruction_tune` takes on ``n`` rows (``order``: its rows)."""
     if order is not None:
         return config.epochs * -(-len(order) // config.batch_size)
-    pool = SORT_POOL * config.batch_size   # _buckets cuts each pool of rows into batches
-    last = n % pool
-    return config.epochs * ((n // pool) * SORT_POOL + -(-last // config.batch_size))
+    return config.epochs * len(_buckets(np.zeros(n, dtype=np.int64), config.batch_size, np.random.default_rng(0)))
 
 
 def tune_many(base: GPT, tok: TextTokenizer, sets: list[Examples], config: TuneConfig = TuneConfig(), *,
