@@ -317,6 +317,17 @@ def test_bias_threshold_bounds_any_poisons_and_the_refit_removes_it():
         xp = (torch.rand(k, x.shape[1], generator=gen, dtype=torch.float64) * 2 - 1) * scale
         _, gp = GC.loss_sum_grad(target, xp, torch.randint(0, 10, (k,), generator=gen))
         assert float((gb + gp).clamp(min=0).sum()) >= need - k - 1e-9
+    # inside the pixel box every pixel is capped at 1 like the bias's input: the same count per row
+    n, k = len(y), 40
+    G = torch.cat([GC.loss_sum_grad(target, x, y)[0] + (n + k) * GC.L2 * target.W, gb[:, None]], 1)
+    need_box = float(G.clamp(min=0).amax(1).sum())
+    assert GC.box_threshold(target, x, y, k / n) == pytest.approx(need_box / n)
+    assert need_box >= need
+    for _ in range(3):
+        xp = torch.rand(k, x.shape[1], generator=gen, dtype=torch.float64) ** 4   # pixels in [0, 1]
+        gpW, gpb = GC.loss_sum_grad(target, xp, torch.randint(0, 10, (k,), generator=gen))
+        left = torch.cat([G[:, :-1] + gpW, G[:, -1:] + gpb[:, None]], 1).clamp(min=0).amax(1).sum()
+        assert float(left) >= need_box - k - 1e-9
     refit = GC.refit_bias_of(target, x, y)
     assert torch.equal(refit.W, target.W)
     assert float(GC.loss_sum_grad(refit, x, y)[1].abs().max()) < 1e-3 * len(y) ** 0.5
@@ -335,6 +346,7 @@ def test_gradient_canceling_reaches_the_bias_refitted_target_at_small_eps():
     drops, raw = res.drops(), res.raw.drops()
     assert res.bias < 1e-3 and res.raw.bias > 0.03, (res.bias, res.raw.bias)
     assert res.tau < res.raw.tau, (res.tau, res.raw.tau)
+    assert res.box[0] > 0.03 and res.box[0] >= res.bias, res.box   # in the box, eps = 0.03 cannot reach it
     assert drops["gradient canceling, no pixel box"][0] >= drops["label flipping"][0] + 5, drops
     assert drops["gradient canceling, no pixel box"][0] >= raw["gradient canceling, no pixel box"][0] + 1, (drops, raw)
     assert drops["gradient canceling"][0] > raw["gradient canceling"][0] + 1, (drops, raw)
@@ -357,6 +369,7 @@ def test_gradient_canceling_bad_input():
                         (lambda: GC.gradpc_target(x, y[:-1], 2), "y has 9 labels"),
                         (lambda: GC.refit_bias_of(t, nan, y), "x contains NaN"),
                         (lambda: GC.bias_threshold(t, x, y[:-1]), "y has 9 labels"),
+                        (lambda: GC.box_threshold(t, x, y, 0.0), "epsilon"),
                         (lambda: GC.fit_logreg(x, y + 2, 2), r"y holds values outside \[0, 1\]"),
                         (lambda: GC.fit_logreg(x.reshape(10, 2, 2), y, 2), r"shape \(N, d\)"),
                         (lambda: GC.fit_logreg_many(nan[None], y, 2), "x contains NaN"),

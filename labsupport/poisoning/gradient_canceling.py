@@ -16,6 +16,8 @@ of poisons (:func:`bias_threshold`). After GradPC's ascent that sum is large (~6
 on the lab's split: ε ≥ 0.12). Re-fitting the target's bias to the clean data
 (``gradpc_target(..., refit_bias=True)``) makes the clean bias gradient vanish and leaves the
 corrupted weights in place: a slightly milder target the attack can actually reach at ε = 0.03.
+Inside the pixel box every pixel is capped at 1 like the bias's input, and the same count bounds
+the weights' part too (:func:`box_threshold`).
 """
 
 from __future__ import annotations
@@ -245,6 +247,21 @@ def bias_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(gb.clamp(min=0).sum()) / len(y)
 
 
+def box_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> float:
+    """:func:`bias_threshold` for poisons in the pixel box [0, 1]: every pixel, like the bias's
+    constant input 1, is at most 1, so a poison labelled j lowers each entry of row j of the
+    stationarity condition (clean gradient + weight decay at n + εn points) by at most 1 and no
+    poison of another label lowers it at all. Row j's largest positive entry therefore needs that
+    many poisons labelled j: Σ_j max_d max(G_jd, 0) / n, the bias counted as a feature. Necessary,
+    not sufficient."""
+    check_xy(x, y, target.W.shape[0])
+    n = len(y)
+    k = max(1, int(round(check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True) * n)))
+    gW, gb = loss_sum_grad(target, x, y)
+    G = torch.cat([gW + (n + k) * L2 * target.W, gb[:, None]], 1)
+    return float(G.clamp(min=0).amax(1).sum()) / n
+
+
 def reachability_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     """τ = max(⟨∇L(w_t; D_c), w_t⟩ / W((C−1)/e), 0) with the mean gradient over the clean set: the
     binary formula W(1/e) of Lu et al. generalised to C classes (:func:`poison_capacity`)."""
@@ -334,6 +351,7 @@ class CancelingResult:
     flipping: list[float]
     unboxed: list[float] = field(default_factory=list)   # poisons outside [0, 1] (``unboxed=True``)
     bias: float = 0.0                                    # :func:`bias_threshold` of the target
+    box: list[float] = field(default_factory=list)       # :func:`box_threshold` per ε
     raw: CancelingResult | None = None   # with ``refit_bias``: GradPC's own target at the smallest ε
 
     def drops(self) -> dict[str, list[float]]:
@@ -372,6 +390,7 @@ def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
                               reachability_threshold(t, x_train, y_train), tuple(eps), [], flipping,
                               bias=bias_threshold(t, x_train, y_train))
         for e in tqdm(eps, desc="gradient canceling", disable=not progress):
+            res.box.append(box_threshold(t, x_train, y_train, e))
             res.canceling.append(accuracy_after(gradient_canceling(x_train, y_train, t, e, steps=steps, seed=seed)))
             if unboxed:
                 free = gradient_canceling(x_train, y_train, t, e, steps=steps, box=None, seed=seed)
