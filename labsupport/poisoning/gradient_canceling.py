@@ -206,7 +206,7 @@ def gradpc_target(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, ra
     """GradPC: a briefly trained model (``warmup`` L-BFGS iterations, standing in for one epoch),
     then ``steps`` normalised gradient-ascent steps of length radius/steps on the training loss
     (the target stays within ``radius`` of the warm start, with small weights, so it is reachable).
-    ``refit_bias``: then :func:`refit_bias` (the clean bias gradient vanishes; module docstring)."""
+    ``refit_bias``: then :func:`refit_bias_of` (the clean bias gradient vanishes; module docstring)."""
     check_float("radius", radius, low=0.0, low_open=True)
     start = fit_logreg(x, y, num_classes, max_iter=check_int("warmup", warmup, low=1))
     W, b = start.W.clone(), start.b.clone()
@@ -385,11 +385,11 @@ def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
     def accuracy_after(poisoned: Poisoned) -> float:
         return 100 * fit_logreg(poisoned.x, poisoned.y, num_classes, init=clean).accuracy(x_test, y_test)
 
-    def attack(t: Linear, eps: list[float], flipping: list[float]) -> CancelingResult:
+    def attack(t: Linear, eps: list[float], flipping: list[float], desc: str) -> CancelingResult:
         res = CancelingResult(100 * clean.accuracy(x_test, y_test), 100 * t.accuracy(x_test, y_test),
                               reachability_threshold(t, x_train, y_train), tuple(eps), [], flipping,
                               bias=bias_threshold(t, x_train, y_train))
-        for e in tqdm(eps, desc="gradient canceling", disable=not progress):
+        for e in tqdm(eps, desc=desc, disable=not progress):
             res.box.append(box_threshold(t, x_train, y_train, e))
             res.canceling.append(accuracy_after(gradient_canceling(x_train, y_train, t, e, steps=steps, seed=seed)))
             if unboxed:
@@ -397,9 +397,10 @@ def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
                 res.unboxed.append(accuracy_after(free))
         return res
 
-    flipping = [accuracy_after(flip_copies(x_train, y_train, clean, e, seed)) for e in epsilons]
-    res = attack(target, list(epsilons), flipping)
+    flipping = [accuracy_after(flip_copies(x_train, y_train, clean, e, seed))
+                for e in tqdm(epsilons, desc="label flipping", disable=not progress)]
+    res = attack(target, list(epsilons), flipping, "gradient canceling")
     if refit_bias and epsilons:
         i = int(np.argmin(epsilons))
-        res.raw = attack(gradpc, [epsilons[i]], [flipping[i]])
+        res.raw = attack(gradpc, [epsilons[i]], [flipping[i]], "gradient canceling, GradPC's own target")
     return res
