@@ -77,6 +77,18 @@ def loss_sum_grad(model: Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
 L2 = 1e-3  # the victim's weight decay: min mean CE + (L2/2)‖W‖²
 
 
+def poison_count(epsilon: float, n: int) -> int:
+    """The number of poisons at budget ``epsilon`` (0 < ε ≤ 1) for ``n`` clean points: round(εn), at least 1."""
+    return max(1, int(round(check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True) * n)))
+
+
+def stationarity(target: Linear, x: torch.Tensor, y: torch.Tensor, k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean part of the victim's stationarity condition at ``target`` when ``k`` poisons join
+    the n clean points: (Σ ∇_W CE + (n + k)·L2·W, Σ ∇_b CE) — what the poisons' gradient must cancel."""
+    gW, gb = loss_sum_grad(target, x, y)
+    return gW + (len(y) + k) * L2 * target.W, gb
+
+
 def check_xy(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None, *,
              names: tuple[str, str] = ("x", "y")) -> None:
     """``x`` a finite (N, d) float tensor (flattened images, one row per example) and ``y`` its N
@@ -255,19 +267,15 @@ def box_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor, epsilon: flo
     many poisons labelled j: Σ_j max_d max(G_jd, 0) / n, the bias counted as a feature. Necessary,
     not sufficient."""
     check_xy(x, y, target.W.shape[0])
-    n = len(y)
-    k = max(1, int(round(check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True) * n)))
-    gW, gb = loss_sum_grad(target, x, y)
-    G = torch.cat([gW + (n + k) * L2 * target.W, gb[:, None]], 1)
-    return float(G.clamp(min=0).amax(1).sum()) / n
+    gW, gb = stationarity(target, x, y, poison_count(epsilon, len(y)))
+    return float(torch.cat([gW, gb[:, None]], 1).clamp(min=0).amax(1).sum()) / len(y)
 
 
 def reachability_threshold(target: Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     """τ = max(⟨∇L(w_t; D_c), w_t⟩ / W((C−1)/e), 0) with the mean gradient over the clean set: the
     binary formula W(1/e) of Lu et al. generalised to C classes (:func:`poison_capacity`)."""
     check_xy(x, y, target.W.shape[0])
-    gW, gb = loss_sum_grad(target, x, y)
-    gW = gW + len(y) * L2 * target.W
+    gW, gb = stationarity(target, x, y)
     inner = float((gW * target.W).sum() + (gb * target.b).sum()) / len(y)
     return max(inner / poison_capacity(target.W.shape[0]), 0.0)
 
@@ -284,16 +292,14 @@ def gradient_canceling(x: torch.Tensor, y: torch.Tensor, target: Linear, epsilon
     """
     check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
     check_xy(x, y, target.W.shape[0])
+    n, k = len(y), poison_count(epsilon, len(y))
     if box is not None:
         if not (isinstance(box, tuple) and len(box) == 2 and all(isinstance(v, (int, float)) for v in box)
                 and np.isfinite(box).all() and box[0] < box[1]):
             raise ValueError(f"box must be None or a (low, high) pair of finite numbers with low < high; got {box!r}")
-    n = len(y)
-    k = max(1, int(round(epsilon * n)))
     gen = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=gen)[:k] if k <= n else torch.randint(0, n, (k,), generator=gen)
-    gW_c, gb_c = loss_sum_grad(target, x, y)
-    gW_c = gW_c + (n + k) * L2 * target.W  # the weight decay's share of the stationarity condition
+    gW_c, gb_c = stationarity(target, x, y, k)
     # A poison labelled j subtracts (1 − p_j)·x from row j of the gradient: give the labels to the
     # rows with the most positive mass to cancel, in proportion to it.
     need = gW_c.clamp(min=0).sum(1).double()
@@ -328,8 +334,7 @@ def flip_copies(x: torch.Tensor, y: torch.Tensor, clean: Linear, epsilon: float,
     sure about, labelled with its runner-up class (the strongest flips of the label-flip section)."""
     check_float("epsilon", epsilon, low=0.0, high=1.0, low_open=True)
     check_xy(x, y, clean.W.shape[0])
-    n = len(y)
-    k = max(1, int(round(epsilon * n)))
+    n, k = len(y), poison_count(epsilon, len(y))
     flipped = flip_labels(y, k / n, mode="confident", num_classes=clean.W.shape[0],
                           probs=clean.logits(x).softmax(1), seed=seed)
     rows = flipped.info["rows"]
