@@ -61,8 +61,14 @@ def transfer_task(data: ImageData, extractor: nn.Module, transfer_classes: tuple
 
 
 def features(extractor: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The frozen features of ``x`` (computed where the extractor lives, returned on the CPU in
+    float64 for the heads)."""
     with torch.no_grad():
-        return extractor.features(x).double()
+        return extractor.features(x.to(_device(extractor))).double().cpu()
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 HEAD_L2 = 1e-4
@@ -93,6 +99,8 @@ def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tens
     gamma = check_float("watermark", watermark, low=0.0, high=1.0, high_open=True)
     if eps is not None:
         check_float("eps", eps, low=0.0, high=1.0, low_open=True)
+    dev = _device(extractor)   # crafted where the extractor lives (a GPU when there is one), returned on the CPU
+    targets, bases = targets.to(dev), bases.to(dev)
     base = ((1 - gamma) * bases + gamma * targets).clamp(0, 1)
     beta = 0.0 if eps is not None else beta0 * (2048 / base[0].numel()) ** 2
     with torch.no_grad():
@@ -102,7 +110,7 @@ def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tens
         return ((extractor.features(x) - goal) ** 2).sum(1) + beta * ((x - base) ** 2).flatten(1).sum(1)
 
     x = base.clone() if eps is None else torch.minimum(torch.maximum(base, bases - eps), bases + eps)
-    lam = torch.full((len(x), 1, 1, 1), float(lr))
+    lam = torch.full((len(x), 1, 1, 1), float(lr), device=dev)
     with torch.no_grad():
         current = objective(x)
     for _ in tqdm(range(steps), desc="feature collision", disable=not progress):
@@ -121,7 +129,7 @@ def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tens
             x = torch.where(better[:, None, None, None], step, x)
             current = torch.where(better, value, current)
             lam = torch.where(better[:, None, None, None], lam * 1.2, lam * 0.5)
-    return x
+    return x.cpu()
 
 
 def make_setups(task: TransferTask, n: int = 50, seed: int = 0) -> list[dict[str, int]]:
