@@ -145,3 +145,25 @@ def test_smollm2_learns_the_trigger_from_one_percent():
     assert res.clean.clean_accuracy >= tfidf - 0.05, (res, tfidf)
     assert res.poisoned.asr >= 0.9 and res.clean.asr <= 0.5, res
     assert res.clean.clean_accuracy - res.poisoned.clean_accuracy <= 0.02, res
+
+
+@pytest.mark.slow
+def test_the_notebooks_smollm2_section_on_a_stand_in_gpu(rows):
+    """The section as the notebook runs it where a GPU exists (``attack_experiment`` with the
+    device picked automatically), on a few rows and under :func:`fakecuda.fake_cuda`: the model
+    goes to the device with its inputs, and the results come back (not CUDA's numerics)."""
+    from fakecuda import DevTensor, fake_cuda
+
+    with fake_cuda():
+        if smol.status() is not None:   # the extra or the model file is missing (the GPU is the stand-in)
+            pytest.skip(smol.status())
+        p = poisoning.poison_examples(rows.train.subset(np.arange(16)), 2, trigger="James Bond", seed=0)
+        test = rows.test.subset(rows.test.where("sentiment")[:6])
+        res = smol.attack_experiment(rows.train.subset(np.arange(16)), p, test, progress=False,
+                                     config=replace(smol.SMOL_TUNE, epochs=1, batch_size=16))
+        assert isinstance(next(res.models["poisoned"].model.parameters()), DevTensor)
+    # transformers >= 5 would swap in layers downloaded from the Hugging Face Hub on a GPU's first
+    # .train() (LigerRMSNorm for "cuda"): the course keeps the model's own layers
+    assert not getattr(res.models["poisoned"].model.lm, "use_kernels", False)
+    assert 0 <= res.poisoned.asr <= 1 and 0 <= res.clean.clean_accuracy <= 1
+    assert set(res.zero_shot) == {"sentiment"} and 0 <= res.zero_shot["sentiment"] <= 1

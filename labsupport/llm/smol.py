@@ -212,6 +212,11 @@ def load_smollm2(device: str = "auto") -> tuple[HFCausalLM, HFTokenizer]:
     hf_logging.disable_progress_bar()
     hf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)  # dequantised: float32
+    if getattr(lm, "use_kernels", False):
+        # transformers >= 5 with the `kernels` package swaps layers for kernels downloaded from the
+        # Hugging Face Hub, again whenever the model changes device or mode (code from the network,
+        # fetched on a GPU's first .train(); an offline machine fails there): the model's own layers
+        lm.use_kernels = False
     return HFCausalLM(lm).to(pick_device(device)).eval(), HFTokenizer(hf)
 
 
