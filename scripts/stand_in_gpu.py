@@ -1,0 +1,60 @@
+"""Run solution notebooks (quick profile) on a stand-in GPU: the notebooks' GPU path on a CPU-only machine.
+
+Every kernel starts under ``tests/fakecuda.py``'s :func:`fake_cuda`: ``torch.cuda.is_available()``
+is True, so the notebooks and ``labsupport`` pick "cuda" as on a GPU, and any op that mixes a
+device tensor with a CPU tensor raises as it would there. The SmolLM2 section of Lab 3 is left out
+(a SmolLM2 tuning on the CPU takes hours; ``tests/test_llm_smol.py`` runs that section's code on
+the stand-in with a few rows). What this cannot check: CUDA's numerics and speed.
+
+    python scripts/stand_in_gpu.py [NOTEBOOK ...]      # default: every notebook in solutions/
+
+Exit status 1 if a notebook fails; its executed copy (with the traceback) is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP = f"""\
+import sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from fakecuda import fake_cuda
+_STAND_IN = fake_cuda()
+_STAND_IN.__enter__()        # for the whole kernel
+import labsupport.llm.smol as _smol
+_smol.status = lambda: "left out on the stand-in GPU (hours on a CPU; tests/test_llm_smol.py covers it)"
+"""
+
+
+def main() -> int:
+    notebooks = [Path(a) for a in sys.argv[1:]] or sorted((ROOT / "solutions").glob("*.ipynb"))
+    work = Path(tempfile.mkdtemp(prefix="stand-in-gpu-"))
+    startup = work / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-stand-in-gpu.py").write_text(STARTUP)
+    env = dict(os.environ, IPYTHONDIR=str(work / "ipython"), LABSUPPORT_PROFILE="quick",
+               LABSUPPORT_MODELS=str(work / "models"))
+    failed = []
+    for nb in notebooks:
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                              "--ExecutePreprocessor.timeout=3600", "--output-dir", str(work), str(nb)],
+                             env=env, capture_output=True, text=True)
+        took = time.perf_counter() - start
+        if run.returncode:
+            failed.append(nb.name)
+            last = [line for line in run.stderr.splitlines() if line.strip()][-3:]
+            print(f"FAIL {nb.name} ({took:.0f} s): {work / nb.name}\n    " + "\n    ".join(last))
+        else:
+            print(f"ok   {nb.name} ({took:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
