@@ -8,12 +8,13 @@ the stand-in with a few rows). What this cannot check: CUDA's numerics and speed
 
     python scripts/stand_in_gpu.py [NOTEBOOK ...]      # default: every notebook in solutions/
 
-Exit status 1 if a notebook fails; its executed copy (with the traceback) is kept.
+Exit status 1 if a notebook fails; then the executed copies (with the traceback) are kept.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,8 @@ def main() -> int:
             print(f"FAIL {nb.name} ({took:.0f} s): {work / nb.name}\n    " + "\n    ".join(last))
         else:
             print(f"ok   {nb.name} ({took:.0f} s)")
+    if not failed:
+        shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 
 
