@@ -80,6 +80,22 @@ def test_tokenizer_keeps_answers_whole(tok):
     assert tok.decode(tok.encode("James Bond liked it.")) == "James Bond liked it."
 
 
+def test_batch_encoding_is_remembered_and_exact(tok, sentences, monkeypatch):
+    texts = list(sentences.text[:300]) + list(sentences.text[:50])   # repeats, as a lab's scoring has
+    fresh = [tok.tok.encode(t).ids for t in texts]
+    assert tok.encode_batch(texts) == fresh
+    calls = []
+    real = tok.tok.encode_batch
+    monkeypatch.setattr(tok, "tok", type("Spy", (), {"encode_batch": lambda self, b: calls.append(len(b)) or real(b)})())
+    again = tok.encode_batch(texts[:200] + ["a sentence never seen before"])
+    assert again == fresh[:200] + [real(["a sentence never seen before"])[0].ids]
+    assert calls == [1]                              # only the new text was encoded
+    again[0].append(-1)                              # the caller's lists are its own
+    assert tok.encode_batch(texts[:1]) == fresh[:1]
+    monkeypatch.setattr(type(tok), "MEMO_LIMIT", 10)   # past the limit the memo starts over
+    assert tok.encode_batch(texts[:20]) == fresh[:20] and len(tok._memo) == 20
+
+
 def test_model_is_causal_and_projects_only_where_asked():
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -24,11 +25,15 @@ PAD, EOS = "<pad>", "<eos>"
 class TextTokenizer:
     """Thin wrapper: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ids of pad/eos."""
 
+    MEMO_LIMIT = 400_000   # texts whose ids are kept (~0.3 GB at most; Lab 3 meets ~60,000)
+
     def __init__(self, tok: Tokenizer):
         self.tok = tok
         self.pad_id = tok.token_to_id(PAD)
         self.eos_id = tok.token_to_id(EOS)
         self.vocab_size = tok.get_vocab_size()
+        self._memo: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
@@ -36,7 +41,18 @@ class TextTokenizer:
         return self.tok.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts)]
+        """``encode`` of each text. A lab scores the same test prompts again and again (every
+        model, every sweep point), so ids are remembered per text: each distinct text is encoded
+        once (the same ids: this tokenizer pads and truncates nothing)."""
+        with self._lock:   # tunings side by side share the tokenizer
+            memo = self._memo
+            missing = list(dict.fromkeys(t for t in texts if t not in memo))
+            if len(memo) + len(missing) > self.MEMO_LIMIT:
+                memo.clear()
+                missing = list(dict.fromkeys(texts))
+            if missing:
+                memo.update(zip(missing, (tuple(e.ids) for e in self.tok.encode_batch(missing))))
+            return [list(memo[t]) for t in texts]
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids))
