@@ -135,6 +135,11 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (inputs go there; results come back with ``.cpu()``)."""
+    return next(model.parameters()).device
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA)."""
     check_int("seed", seed, low=0)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._validate import check_float, check_images, check_int, check_labels
 from ..metrics import auroc, detection_scores
+from ..training import model_device
 
 #: layer names every course model understands (besides its own module names, e.g. ``"hidden.0"``)
 SPECIAL_LAYERS = ("input", "penultimate", "logits")
@@ -63,10 +64,6 @@ class Detection:
 
     def __repr__(self) -> str:
         return f"Detection({self.name!r}: {self.n_flagged} of {len(self.flags)} rows flagged)"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def layer_names(model: nn.Module) -> list[str]:

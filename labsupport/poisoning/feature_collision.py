@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .._validate import check_float, check_int
 from ..data import ImageData
-from ..training import TrainConfig, predict, train_model
+from ..training import TrainConfig, model_device, predict, train_model
 from .gradient_canceling import Linear, fit_logreg, fit_logreg_many
 
 SETUPS_FILE = "frogs_setups.json"
@@ -64,11 +64,7 @@ def features(extractor: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The frozen features of ``x`` (computed where the extractor lives, returned on the CPU in
     float64 for the heads)."""
     with torch.no_grad():
-        return extractor.features(x.to(_device(extractor))).double().cpu()
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
+        return extractor.features(x.to(model_device(extractor))).double().cpu()
 
 
 HEAD_L2 = 1e-4
@@ -99,7 +95,7 @@ def craft_poisons(extractor: nn.Module, targets: torch.Tensor, bases: torch.Tens
     gamma = check_float("watermark", watermark, low=0.0, high=1.0, high_open=True)
     if eps is not None:
         check_float("eps", eps, low=0.0, high=1.0, low_open=True)
-    dev = _device(extractor)   # crafted where the extractor lives (a GPU when there is one), returned on the CPU
+    dev = model_device(extractor)   # crafted where the extractor lives (a GPU when there is one), returned on the CPU
     targets, bases = targets.to(dev), bases.to(dev)
     base = ((1 - gamma) * bases + gamma * targets).clamp(0, 1)
     beta = 0.0 if eps is not None else beta0 * (2048 / base[0].numel()) ** 2
