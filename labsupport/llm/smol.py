@@ -214,8 +214,9 @@ def load_smollm2(device: str = "auto") -> tuple[HFCausalLM, HFTokenizer]:
     lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)  # dequantised: float32
     if getattr(lm, "use_kernels", False):
         # transformers >= 5 with the `kernels` package swaps layers for kernels downloaded from the
-        # Hugging Face Hub, again whenever the model changes device or mode (code from the network,
-        # fetched on a GPU's first .train(); an offline machine fails there): the model's own layers
+        # Hugging Face Hub, again whenever the model changes device or mode (on a GPU's first
+        # .train(): code from the network, or a failed fetch and a fallback offline): keep the
+        # model's own layers, the same on every machine
         lm.use_kernels = False
     return HFCausalLM(lm).to(pick_device(device)).eval(), HFTokenizer(hf)
 
