@@ -148,7 +148,7 @@ def test_smollm2_learns_the_trigger_from_one_percent():
 
 
 @pytest.mark.slow
-def test_the_notebooks_smollm2_section_on_a_stand_in_gpu(rows):
+def test_the_notebooks_smollm2_section_on_a_stand_in_gpu(rows, smol_cpu):
     """The section as the notebook runs it where a GPU exists (``attack_experiment`` with the
     device picked automatically), on a few rows and under :func:`fakecuda.fake_cuda`: the model
     goes to the device with its inputs, and the results come back (not CUDA's numerics)."""
@@ -165,5 +165,10 @@ def test_the_notebooks_smollm2_section_on_a_stand_in_gpu(rows):
     # transformers >= 5 would swap in layers downloaded from the Hugging Face Hub on a GPU's first
     # .train() (LigerRMSNorm for "cuda"): the course keeps the model's own layers
     assert not getattr(res.models["poisoned"].model.lm, "use_kernels", False)
-    assert 0 <= res.poisoned.asr <= 1 and 0 <= res.clean.clean_accuracy <= 1
-    assert set(res.zero_shot) == {"sentiment"} and 0 <= res.zero_shot["sentiment"] <= 1
+    # the instruct model's zero-shot answers on the stand-in are the CPU's
+    zero_cpu = experiments.accuracy(train.InstructionModel(smol_cpu[0], smol_cpu[1], 0, None), test, "sentiment")
+    assert res.zero_shot == {"sentiment": zero_cpu}
+    # both tunings trained on the device: their weights left the base model's, each its own way
+    heads = [m.model.lm.lm_head.weight.detach().cpu() for m in res.models.values()]
+    base_head = smol_cpu[0].lm.lm_head.weight.detach()
+    assert not torch.equal(heads[0], base_head) and not torch.equal(heads[0], heads[1])
