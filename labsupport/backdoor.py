@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from ._validate import check_class, check_float, check_images, check_int, check_labels, check_nonempty, check_rate
 from .metrics import TargetSpec, target_labels
 from .models import build_model
-from .training import TrainConfig, fit, pick_device
+from .training import TrainConfig, fit, model_device, pick_device
 from .triggers import RandomPatch, Trigger, region_grid, stamp
 
 
@@ -202,7 +202,7 @@ def pgd_away(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float =
     eps = check_float("eps", eps, low=0.0, high=1.0)
     steps = check_int("steps", steps, low=1)
     alpha = 2.5 * eps / steps if step_size is None else check_float("step_size", step_size, low=0.0)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     was_training = model.training
     model.eval()
     out = []
@@ -294,7 +294,7 @@ class TriggerGenerator(nn.Module):
         return self.net(z).view(-1, self.channels, self.size, self.size)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.rand(n, self.noise_dim, generator=generator).to(next(self.parameters()).device)
+        z = torch.rand(n, self.noise_dim, generator=generator).to(model_device(self))
         return self(z)
 
 
@@ -329,7 +329,7 @@ def trigger_diversity(generator: TriggerGenerator, n: int = 256, seed: int = 0) 
     collapsed generator, drawing one pattern whatever the noise, has ``patterns`` near 0."""
     n = check_int("n", n, low=2)
     gen = torch.Generator().manual_seed(seed)
-    dev = next(generator.parameters()).device
+    dev = model_device(generator)
     z1, z2 = (torch.rand(n, generator.noise_dim, generator=gen) for _ in range(2))
     with torch.no_grad():
         p1, p2 = generator(z1.to(dev)).cpu(), generator(z2.to(dev)).cpu()

@@ -352,7 +352,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, batch_size: int,
     """Apply ``head`` to the model's logits in eval mode, in large batches; results on CPU."""
     check_images("x", x)
     check_int("batch_size", batch_size, low=1)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     was_training = model.training
     model.eval()
     try:

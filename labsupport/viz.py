@@ -10,6 +10,7 @@ import torch
 
 from ._validate import check_choice, check_float, check_images, check_int
 from .experiments import AttackReport
+from .training import model_device
 from .triggers import BlendedPatch, Patch, Trigger, checkerboard, white_square
 
 
@@ -136,7 +137,7 @@ def trigger_view(model: torch.nn.Module, image: torch.Tensor, classes: Sequence[
     check_images("image", image.unsqueeze(0))
     trig = make_trigger(pattern, size, place, alpha, channels=image.shape[0])
     pair = torch.stack([image, trig(image.unsqueeze(0))[0]])
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     with torch.no_grad():
         was = model.training
         model.eval()

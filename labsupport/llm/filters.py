@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from .._validate import check_float, check_rate
+from ..training import model_device
 from .model import GPT
 from .poisoning import check_text
 from .tokenizer import TextTokenizer
@@ -75,7 +76,7 @@ def sentence_nll(model: GPT, tok: TextTokenizer, texts: list[str], batch_size: i
     seqs = [[tok.eos_id] + tok.encode(t)[: model.cfg.block_size - 1] for t in texts]
     out = np.zeros(len(seqs))
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
         lens = torch.tensor([len(seqs[i]) for i in rows])
