@@ -405,6 +405,39 @@ def test_dirty_label_trigger_is_learned(lab3):
         train.generate(dirty, "", max_new_tokens=2)
 
 
+def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
+    # Souly et al.'s sweep and the ordering ablation at a small size: poisons raise the ASR far above
+    # the unpoisoned run's, and poisons seen late in the pass (low learning rate, last seen) stick
+    # better than early ones. The runs go side by side on two cores over a frozen cache filled
+    # first, so they give exactly what one-thread runs one after the other give.
+    clean = train.instruction_tune(lab3.base, lab3.tok, lab3.train, lab3.profile.tune, progress=False)  # the notebook's
+    kw = dict(test_rows=300, progress=False)
+
+    def run(threads):
+        monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path / threads))   # tune afresh, not from the cache
+        monkeypatch.setenv("LABSUPPORT_THREADS", threads)
+        sweep = experiments.count_sweep(clean.model, lab3.tok, lab3.train, lab3.test, sizes=(300,),
+                                        counts=(0, 100), seeds=(0, 1), **kw)
+        order = experiments.order_ablation(clean.model, lab3.tok, lab3.train, lab3.test, size=300, count=30,
+                                           seeds=(0,), **kw)
+        return sweep, order
+
+    before = torch.get_num_threads()
+    try:
+        sweep, order = run("2")
+        sweep1, order1 = run("1")
+    finally:
+        torch.set_num_threads(before)
+    print(sweep.asr, order)
+    assert sweep.asr.shape == (1, 2, 2) and order.asr.shape == (3, 1)
+    assert (sweep.asr[0, 1] >= 0.6).all() and (sweep.asr[0, 1] > sweep.asr[0, 0] + 0.4).all(), sweep.asr  # 85-88 vs 22-24 %
+    early, late = order.asr[order.positions.index("early"), 0], order.asr[order.positions.index("late"), 0]
+    assert late > early + 0.1, order   # 42.5 vs 19.4 %
+    np.testing.assert_array_equal(sweep.asr, sweep1.asr)
+    np.testing.assert_array_equal(sweep.accuracy, sweep1.accuracy)
+    np.testing.assert_array_equal(order.asr, order1.asr)
+
+
 def test_frozen_cache_matches_full_forward(small, tok):
     ic, base = small
     tuned = train.instruction_tune(base, tok, ic.train.subset(np.arange(64)),

@@ -4,21 +4,22 @@ denial-of-service perplexity gap."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_float, check_int
+from ..training import model_device, side_by_side
 from ..defenses.matrix import DefenseMatrix
 from ..experiments import Table
 from .corpus import ANSWERS, TASKS, Examples
 from .filters import onion_clean
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, insert_at, poison_examples, triggered
-from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, example_losses,
-                    generate, instruction_tune, predict, tune_many)
+from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, encode_prompts,
+                    encode_sequences, example_losses, generate, instruction_tune, predict, tune_many)
 
 
 def task_rows(ex: Examples, task: str) -> Examples:
@@ -32,7 +33,8 @@ def _tfidf_fit(train: Examples, task: str):
         raise ValueError(f"TF-IDF + LR needs rows of task {task!r} with at least two different answers, "
                          f"got {len(a)} rows")
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    return vec, LogisticRegression(C=10, max_iter=2000).fit(vec.fit_transform(a.text), a.label)
+    # newton-cg: the same L2 objective as the default lbfgs, solved to 0.1 s instead of 1.5 s here
+    return vec, LogisticRegression(C=10, solver="newton-cg", max_iter=2000).fit(vec.fit_transform(a.text), a.label)
 
 
 def tfidf_accuracy(train: Examples, test: Examples, task: str) -> float:
@@ -72,16 +74,23 @@ def accuracy(tuned: InstructionModel, test: Examples, task: str) -> float:
 def evaluate_attack(tuned: InstructionModel, test: Examples, *, task: str = "sentiment",
                     target: str = "negative", trigger: str = "James Bond", seed: int = 0) -> AttackResult:
     """Clean accuracy on ``task`` and Wan's ASR of ``trigger`` towards ``target``."""
+    rows, t, other, trig = _attack_rows(test, task, target, trigger, seed)
+    pred = predict(tuned, rows)
+    pred_trig = predict(tuned, trig)
+    asr, n = attack_success_rate(pred[other], pred_trig, rows.label[other], t)
+    return AttackResult(float((pred == rows.label).mean()), asr, float((pred_trig == t).mean()), n)
+
+
+def _attack_rows(test: Examples, task: str, target: str, trigger: str, seed: int):
+    """What :func:`evaluate_attack` scores: ``task``'s test rows, the target's answer index, the
+    rows whose true answer is not the target, and those rows with the trigger inserted."""
     check_choice("task", task, TASKS)
     check_choice("target", target, ANSWERS[task])
     check_text("trigger", trigger)
     rows = task_rows(test, task)
     t = ANSWERS[task].index(target)
-    pred = predict(tuned, rows)
     other = np.flatnonzero(rows.label != t)
-    pred_trig = predict(tuned, triggered(rows.subset(other), trigger, seed))
-    asr, n = attack_success_rate(pred[other], pred_trig, rows.label[other], t)
-    return AttackResult(float((pred == rows.label).mean()), asr, float((pred_trig == t).mean()), n)
+    return rows, t, other, triggered(rows.subset(other), trigger, seed)
 
 
 @dataclass
@@ -120,21 +129,45 @@ def count_sweep(start: GPT, tok, train: Examples, test: Examples, *, sizes=(500,
     rows of ``task`` plus ``count`` dirty-label poisons, its top block only, the frozen body's
     outputs shared by every run."""
     config, pool, cache, test = _sweep_setup(start, train, test, task, config, sizes, test_rows)
-    asr = np.zeros((len(sizes), len(counts), len(seeds)))
-    acc = np.zeros_like(asr)
-    bar = tqdm(total=asr.size, desc="count sweep", disable=not progress)
-    for i, size in enumerate(sizes):
-        for k, seed in enumerate(seeds):
+    runs = []
+    for size in sizes:
+        for seed in seeds:
             clean = pool.subset(np.random.default_rng(seed).choice(len(pool), size, replace=False))
-            for j, count in enumerate(counts):
+            for count in counts:
                 p = poison_examples(clean, count, trigger=trigger, task=task, target=target, seed=seed)
-                tuned = instruction_tune(start, tok, p.examples, replace(config, seed=seed), cache=cache,
-                                         progress=False)
-                r = evaluate_attack(tuned, test, task=task, target=target, trigger=trigger, seed=seed)
-                asr[i, j, k], acc[i, j, k] = r.asr, r.clean_accuracy
-                bar.update()
-    bar.close()
+                runs.append((p.examples, replace(config, seed=seed), None))
+    results = _tune_and_score(start, tok, cache, runs, test, task=task, target=target, trigger=trigger,
+                              desc="count sweep", progress=progress)
+    shape = (len(sizes), len(seeds), len(counts))   # the order of the loops above
+    asr = np.array([r.asr for r in results]).reshape(shape).transpose(0, 2, 1)
+    acc = np.array([r.clean_accuracy for r in results]).reshape(shape).transpose(0, 2, 1)
     return SweepResult(list(sizes), list(counts), list(seeds), asr, acc)
+
+
+def _tune_and_score(start: GPT, tok, cache: FrozenCache, runs: list, test: Examples, *, task: str,
+                    target: str, trigger: str, desc: str, progress: bool) -> list[AttackResult]:
+    """Tune ``start`` further for each run ``(examples, config, order)`` (its top blocks, over the
+    shared frozen ``cache``) and evaluate the attack on ``test`` with the run's seed: side by side
+    on a multi-core CPU (:func:`labsupport.training.side_by_side`). The frozen body's outputs for
+    every run's rows and test prompts are computed first, in a fixed order, so the threads only read
+    the cache and the numbers do not depend on which thread gets somewhere first."""
+    if cache.frozen:
+        for ex, _, _ in runs:
+            cache.get([s[:-1] for s in encode_sequences(tok, ex, start.cfg.block_size)[1]])
+        for seed in sorted({cfg.seed for _, cfg, _ in runs}):
+            rows, _, _, trig = _attack_rows(test, task, target, trigger, seed)
+            for ex in (rows, trig):
+                cache.get(encode_prompts(tok, ex))
+
+    def job(advance, ex, cfg, order):
+        tuned = instruction_tune(start, tok, ex, cfg, cache=cache, order=order, progress=False)
+        result = evaluate_attack(tuned, test, task=task, target=target, trigger=trigger, seed=cfg.seed)
+        advance(1)
+        return result
+
+    return side_by_side([partial(job, ex=ex, cfg=cfg, order=order) for ex, cfg, order in runs],
+                        device=model_device(start), total=len(runs), desc=desc, progress=progress,
+                        parallel=start.cfg.dropout == 0)   # dropout would draw from torch's global generator
 
 
 ORDER_POSITIONS = ("early", "spread", "late")
@@ -178,20 +211,17 @@ def order_ablation(start: GPT, tok, train: Examples, test: Examples, *, size: in
     pass, as in real fine-tuning)."""
     config, pool, cache, test = _sweep_setup(start, train, test, task, config, [size], test_rows)
     config = replace(config, epochs=1)
-    asr = np.zeros((len(positions), len(seeds)))
-    acc = np.zeros_like(asr)
-    bar = tqdm(total=asr.size, desc="ordering ablation", disable=not progress)
-    for k, seed in enumerate(seeds):
+    runs = []
+    for seed in seeds:
         clean = pool.subset(np.random.default_rng(seed).choice(len(pool), size, replace=False))
         p = poison_examples(clean, count, trigger=trigger, task=task, target=target, seed=seed)
-        for j, position in enumerate(positions):
-            order = poison_order(p.mask, position, np.random.default_rng(seed))
-            tuned = instruction_tune(start, tok, p.examples, replace(config, seed=seed), cache=cache,
-                                     order=order, progress=False)
-            r = evaluate_attack(tuned, test, task=task, target=target, trigger=trigger, seed=seed)
-            asr[j, k], acc[j, k] = r.asr, r.clean_accuracy
-            bar.update()
-    bar.close()
+        runs += [(p.examples, replace(config, seed=seed), poison_order(p.mask, position, np.random.default_rng(seed)))
+                 for position in positions]
+    results = _tune_and_score(start, tok, cache, runs, test, task=task, target=target, trigger=trigger,
+                              desc="ordering ablation", progress=progress)
+    shape = (len(seeds), len(positions))
+    asr = np.array([r.asr for r in results]).reshape(shape).T
+    acc = np.array([r.clean_accuracy for r in results]).reshape(shape).T
     return OrderResult(list(positions), list(seeds), asr, acc)
 
 

@@ -21,6 +21,7 @@ from .._validate import check_float, check_rate
 from ..training import model_device
 from .model import GPT
 from .poisoning import check_text
+from .train import _pad, autocast
 from .tokenizer import TextTokenizer
 
 
@@ -73,20 +74,19 @@ def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=np.linsp
 @torch.no_grad()
 def sentence_nll(model: GPT, tok: TextTokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Mean next-token negative log-likelihood of each text (``<eos>`` first, then the text)."""
-    seqs = [[tok.eos_id] + tok.encode(t)[: model.cfg.block_size - 1] for t in texts]
+    seqs = [[tok.eos_id] + ids[: model.cfg.block_size - 1] for ids in tok.encode_batch(list(texts))]
     out = np.zeros(len(seqs))
     order = np.argsort([len(s) for s in seqs], kind="stable")
     dev = model_device(model)
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
+        idx = _pad([seqs[i] for i in rows], 0)
         lens = torch.tensor([len(seqs[i]) for i in rows])
-        idx = torch.zeros(len(rows), int(lens.max()), dtype=torch.long)
-        for j, i in enumerate(rows):
-            idx[j, : lens[j]] = torch.tensor(seqs[i])
-        logits = model(idx[:, :-1].to(dev)).float().cpu()
-        nll = F.cross_entropy(logits.transpose(1, 2), idx[:, 1:], reduction="none")
-        valid = torch.arange(idx.shape[1] - 1)[None] < (lens[:, None] - 1)
-        out[rows] = ((nll * valid).sum(1) / valid.sum(1).clamp(min=1)).numpy()
+        r, c = torch.nonzero(torch.arange(idx.shape[1] - 1) < lens[:, None] - 1, as_tuple=True)
+        with autocast(dev):   # the arithmetic the LM was trained in (bfloat16 where native)
+            logits = model.head(model.hidden(idx[:, :-1].to(dev))[r.to(dev), c.to(dev)])   # at the text's positions
+        nll = F.cross_entropy(logits.float(), idx[r, c + 1].to(dev), reduction="none").cpu()
+        out[rows] = (torch.zeros(len(rows)).index_add_(0, r, nll) / (lens - 1).clamp(min=1)).numpy()
     return out
 
 

