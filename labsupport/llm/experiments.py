@@ -11,9 +11,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from .._validate import check_choice, check_float, check_int
-from ..training import model_device, side_by_side
 from ..defenses.matrix import DefenseMatrix
 from ..experiments import Table
+from ..training import model_device, side_by_side
 from .corpus import ANSWERS, TASKS, Examples
 from .filters import onion_clean
 from .model import GPT, GPTConfig
