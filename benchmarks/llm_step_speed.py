@@ -51,7 +51,7 @@ def main() -> None:
                 if only_answers:
                     h = tuned.hidden([s[:-1] for s in batch], (r, c))
                 else:  # the full last block, then the answer positions
-                    h = model.hidden(train._pad([s[:-1] for s in batch], 0))[r, c]
+                    h = model.hidden(train.pad([s[:-1] for s in batch], 0))[r, c]
                 loss = F.cross_entropy(model.head(h), targets)
                 first = float(loss.detach()) if first is None else first
                 opt.zero_grad(set_to_none=True)

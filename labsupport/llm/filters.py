@@ -21,7 +21,7 @@ from .._validate import check_float, check_rate
 from ..training import model_device
 from .model import GPT
 from .poisoning import check_text
-from .train import _pad, autocast
+from .train import autocast, pad
 from .tokenizer import TextTokenizer
 
 
@@ -80,7 +80,7 @@ def sentence_nll(model: GPT, tok: TextTokenizer, texts: list[str], batch_size: i
     dev = model_device(model)
     for k in range(0, len(order), batch_size):
         rows = order[k:k + batch_size]
-        idx = _pad([seqs[i] for i in rows], 0)
+        idx = pad([seqs[i] for i in rows], 0)
         lens = torch.tensor([len(seqs[i]) for i in rows])
         r, c = torch.nonzero(torch.arange(idx.shape[1] - 1) < lens[:, None] - 1, as_tuple=True)
         with autocast(dev):   # the arithmetic the LM was trained in (bfloat16 where native)

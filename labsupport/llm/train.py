@@ -235,7 +235,7 @@ class FrozenCache:
         dev = model_device(self.base)
         for k in range(0, len(missing), batch_size):
             chunk = missing[k:k + batch_size]
-            idx = _pad([list(s) for s in chunk], 0).to(dev)
+            idx = pad([list(s) for s in chunk], 0).to(dev)
             with autocast(dev, enabled=False):   # float32, whoever asks (training or scoring)
                 h = _run_blocks(self.base, idx, self.frozen)
             for s, row in zip(chunk, h):
@@ -250,7 +250,8 @@ def _run_blocks(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     return x
 
 
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """Token-id lists as one ``[n, longest]`` tensor, right-padded with ``value``."""
     lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     out = np.full((len(seqs), int(lens.max())), value, dtype=np.int64)
     out[np.arange(out.shape[1]) < lens[:, None]] = np.concatenate(seqs)
@@ -290,7 +291,7 @@ class InstructionModel:
         if positions is not None:
             positions = (positions[0].to(dev), positions[1].to(dev))
         if self.frozen == 0:
-            return self.model.hidden(_pad(seqs, 0).to(dev), positions=positions)
+            return self.model.hidden(pad(seqs, 0).to(dev), positions=positions)
         feats = self.cache.get(seqs)
         x = torch.zeros(len(seqs), max(map(len, seqs)), self.model.cfg.n_embd)
         for i, f in enumerate(feats):
@@ -442,7 +443,7 @@ def _answer_targets(seqs: list[list[int]], prompt_lens: list[int]):
     cols = torch.arange(int(lens.max()))
     mask = (cols >= torch.as_tensor(prompt_lens)[:, None] - 1) & (cols < lens[:, None])  # answer_mask, batched
     rows, cols = torch.nonzero(mask, as_tuple=True)
-    return rows, cols, _pad(seqs, 0)[rows, cols + 1]
+    return rows, cols, pad(seqs, 0)[rows, cols + 1]
 
 
 def _answer_positions(tuned: InstructionModel, seqs: list[list[int]], prompt_lens: list[int]):
@@ -464,13 +465,13 @@ def answer_logprobs(tuned: InstructionModel, ex: Examples, batch_size: int = 256
     out: list[np.ndarray] = [None] * len(ex)  # type: ignore[list-item]
     answer_ids = {t: [tuned.tok.answer_id(a) for a in ANSWERS[t]] for t in set(ex.task)}  # once per task
     order = np.argsort([len(p) for p in prompts], kind="stable")
-    for k in range(0, len(order), batch_size):
-        rows = order[k:k + batch_size]
-        with autocast(model_device(tuned.model)):
+    with autocast(model_device(tuned.model)):
+        for k in range(0, len(order), batch_size):
+            rows = order[k:k + batch_size]
             logits = tuned.model.head(tuned.last_hidden([prompts[i] for i in rows]))
-        logp = torch.log_softmax(logits.float(), -1).cpu()
-        for j, i in enumerate(rows):
-            out[i] = logp[j, answer_ids[ex.task[i]]].numpy()
+            logp = torch.log_softmax(logits.float(), -1).cpu()
+            for j, i in enumerate(rows):
+                out[i] = logp[j, answer_ids[ex.task[i]]].numpy()
     return out
 
 
@@ -486,13 +487,12 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256)
     prompts, seqs = encode_sequences(tuned.tok, ex, tuned.model.cfg.block_size)
     out = np.zeros(len(ex))
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    for k in range(0, len(order), batch_size):
-        rows = order[k:k + batch_size]
-        with autocast(model_device(tuned.model)):
+    with autocast(model_device(tuned.model)):
+        for k in range(0, len(order), batch_size):
+            rows = order[k:k + batch_size]
             h, r, _, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
-            logits = tuned.model.head(h)
-        nll = F.cross_entropy(logits.float(), t.to(h.device), reduction="none").cpu()
-        out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
+            nll = F.cross_entropy(tuned.model.head(h).float(), t.to(h.device), reduction="none").cpu()
+            out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
     return out
 
 
@@ -504,11 +504,11 @@ def generate(tuned: InstructionModel, prompt: str, max_new_tokens: int = 12) -> 
         raise ValueError("prompt must be a non-empty string")
     ids = tuned.tok.encode(prompt)
     out = []
-    for _ in range(max_new_tokens):
-        seq = (ids + out)[-tuned.model.cfg.block_size:]
-        with autocast(model_device(tuned.model)):
+    with autocast(model_device(tuned.model)):
+        for _ in range(max_new_tokens):
+            seq = (ids + out)[-tuned.model.cfg.block_size:]
             nxt = int(tuned.model.head(tuned.last_hidden([seq])[0]).argmax())
-        if nxt == tuned.tok.eos_id:
-            break
-        out.append(nxt)
+            if nxt == tuned.tok.eos_id:
+                break
+            out.append(nxt)
     return tuned.tok.decode(out)
