@@ -50,6 +50,16 @@ def test_spectral_scores_centring_matters():
     assert centred > 0.99 and uncentred < centred
 
 
+@pytest.mark.parametrize("shape", [(300, 40), (30, 40)])
+def test_top_directions_are_the_top_right_singular_vectors(shape):
+    a = np.random.default_rng(0).standard_normal(shape) * np.linspace(3, 0.5, shape[1])
+    vt = np.linalg.svd(a, full_matrices=False)[2]
+    for k in (1, 5, 100):
+        got = spectral.top_directions(a, k)
+        assert got.shape == (min(k, *shape), shape[1])
+        np.testing.assert_allclose(np.abs(np.sum(got * vt[:len(got)], axis=1)), 1.0, atol=1e-9)
+
+
 def test_spectral_signatures_center_flag_reaches_the_score(small):
     # normalising used to centre as well, which made center=False a no-op
     model, x, y = ls.MLP(), small.x_test[:300], small.y_test[:300]
