@@ -120,6 +120,27 @@ def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, devic
         bar.close()
 
 
+PRECISIONS = ("auto", "float32")
+
+
+def precision() -> str:
+    """``LABSUPPORT_PRECISION``: ``"auto"`` (the default: bfloat16 where native) or ``"float32"``
+    (everywhere, e.g. to reproduce the numbers of a CPU without bfloat16 on one that has it)."""
+    return check_choice("LABSUPPORT_PRECISION", os.environ.get("LABSUPPORT_PRECISION", "auto"), PRECISIONS)
+
+
+def autocast(dev: torch.device, enabled: bool = True):
+    """bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX:
+    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op. Used where
+    the course's numbers do not move with it: Lab 3's transformer (trained in it) and Neural
+    Cleanse's trigger search (mask norms and flags within its run-to-run spread, BENCHMARKS.md).
+    ``enabled=False``: float32 inside, even within an enabled autocast."""
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and precision() == "auto")
+    native = enabled and dev.type == "cpu" and precision() == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
+
+
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` gives CUDA when available, else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` pass through."""
     if isinstance(device, torch.device):

@@ -10,8 +10,10 @@ starting at 1e-3, x2 after ``patience`` steps at >= 99 % attack success, /2^1.5 
 below; stop after ``early_stop`` steps without a better mask) runs for all labels at once: the
 masks form one (K, 1, H, W) tensor, each step stacks the K masked copies of one clean batch into
 a single forward pass, and each label keeps its own cost, counters and best mask. Labels that
-stopped drop out of the batch. ``batched=False`` runs the same code one label at a time (what the
-toolkits do), for the benchmark.
+stopped drop out of the batch. The forward and backward passes run under bfloat16 autocast where
+the hardware has it (:func:`labsupport.training.autocast`; ``LABSUPPORT_PRECISION=float32`` turns
+it off): 2.4x faster on the course CPU, mask norms and flags within float32's run-to-run spread.
+``batched=False`` runs the same code one label at a time (what the toolkits do), for the benchmark.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .._validate import check_float, check_images, check_int
-from ..training import TrainConfig, fit
+from ..training import TrainConfig, autocast, fit
 from .common import check_data, model_device
 
 MAD_CONSTANT = 1.4826  # makes the MAD a consistent estimator of a normal's standard deviation
@@ -141,7 +143,8 @@ def _reverse(model, clean, labels, k, batch_size, batches_per_step, max_steps, l
                 m = torch.tanh(mask_t[act]) / 2 + 0.5                      # (A, 1, H, W)
                 p = torch.tanh(pat_t[act]) / 2 + 0.5                       # (A, C, H, W)
                 xa = (1 - m.unsqueeze(1)) * xb.unsqueeze(0) + (m * p).unsqueeze(1)   # (A, B, C, H, W)
-                logits = model(xa.flatten(0, 1)).view(len(act), batch_size, -1)
+                with autocast(dev):  # bfloat16 where native: 2.4x faster
+                    logits = model(xa.flatten(0, 1)).float().view(len(act), batch_size, -1)
                 tgt = targets[act].unsqueeze(1).expand(-1, batch_size)
                 ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view(len(act), -1).mean(1)
                 l1 = m.flatten(1).sum(1)

@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._validate import check_choice, check_int, check_optimizer_settings
+from .._validate import check_int, check_optimizer_settings
 from ..io import IntegrityError, load_model, save_model, tensors_sha256
 from ..paths import model_cache
-from ..training import configure_threads, flush_denormals, model_device, pick_device, side_by_side
+# PRECISIONS, autocast and precision live in ..training (Neural Cleanse uses them too); Lab 3 reads them here
+from ..training import (PRECISIONS, autocast, configure_threads, flush_denormals, model_device, pick_device,  # noqa: F401
+                        precision, side_by_side)
 from .corpus import ANSWERS, TEMPLATES, Examples
 from .model import GPT, GPTConfig, Positions, math_attention
 from .tokenizer import TextTokenizer
@@ -74,25 +75,6 @@ def _lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) + lr * 0.05
-
-
-PRECISIONS = ("auto", "float32")
-
-
-def precision() -> str:
-    """``LABSUPPORT_PRECISION``: ``"auto"`` (the default: bfloat16 where native) or ``"float32"``
-    (everywhere, e.g. to reproduce the numbers of a CPU without bfloat16 on one that has it)."""
-    return check_choice("LABSUPPORT_PRECISION", os.environ.get("LABSUPPORT_PRECISION", "auto"), PRECISIONS)
-
-
-def autocast(dev: torch.device, enabled: bool = True):
-    """bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX:
-    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op.
-    ``enabled=False``: float32 inside, even within an enabled autocast."""
-    if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and precision() == "auto")
-    native = enabled and dev.type == "cpu" and precision() == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
 
 
 @contextlib.contextmanager
