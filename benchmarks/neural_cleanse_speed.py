@@ -3,7 +3,9 @@
 Both run labsupport.defenses.neural_cleanse with the same schedule (Adam lr 0.1, betas (0.5, 0.9),
 cost 1e-3 x2 / /2^1.5 after 5 steps, early stop after 25 steps without a better mask) on the same
 BadNets model (course reference setting: Fashion-MNIST, course MLP, 4x4 patch -> 9, 1 % poison,
-5 epochs) and 2,000 clean test images. The last line is ``speedup: N.Nx``.
+5 epochs) and 2,000 clean test images, in the arithmetic the lab uses (bfloat16 autocast where
+native; ``LABSUPPORT_PRECISION=float32`` for float32), each after a short warm-up run. The last
+line is ``speedup: N.Nx``.
 
     python benchmarks/neural_cleanse_speed.py [--device auto]
 """
@@ -30,7 +32,10 @@ def main() -> None:
     model = ls.train_model("mlp", poisoned.x, poisoned.y, ls.TrainConfig(epochs=5, batch_size=128, lr=2e-3),
                            device=dev, progress=False)
     clean = data.x_test[:2000]
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {dev.type}, torch {torch.__version__}")
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {dev.type}, torch {torch.__version__}, "
+          f"bfloat16 autocast: {ls.training.autocast(dev)._enabled}")
+    for batched in (False, True):  # warm-up: the first bfloat16 steps of a process build oneDNN's kernels
+        nc.reverse_engineer(model, clean, batched=batched, max_steps=5, progress=False)
     runs = {}
     for batched in (False, True):
         rev = nc.reverse_engineer(model, clean, batched=batched, progress=False)
