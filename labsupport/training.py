@@ -131,9 +131,9 @@ def precision() -> str:
 
 def autocast(dev: torch.device, enabled: bool = True):
     """bfloat16 autocast where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX:
-    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op. Used where
-    the course's numbers do not move with it: Lab 3's transformer (trained in it) and Neural
-    Cleanse's trigger search (mask norms and flags within its run-to-run spread, BENCHMARKS.md).
+    2-3x faster steps here), else - or with ``LABSUPPORT_PRECISION=float32`` - a no-op. Used by
+    Lab 3's transformer (trained and scored in it) and Neural Cleanse's trigger search (its mask
+    norms and flags move within their run-to-run spread, BENCHMARKS.md).
     ``enabled=False``: float32 inside, even within an enabled autocast."""
     if dev.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and precision() == "auto")

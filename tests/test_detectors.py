@@ -315,7 +315,8 @@ def test_neural_cleanse_finds_and_unlearns_the_target(reference):
 def test_neural_cleanse_in_bfloat16_finds_what_float32_finds(reference, monkeypatch):
     """The trigger search runs under bfloat16 autocast where the CPU has it natively: the same
     smallest-norm label and every mask norm within 15 % of float32's (measured on seeds 0-2: one
-    label 13 % off, the median label 0.1 %; the seeds' own spread is as large). Without native bfloat16 both runs are float32."""
+    label 13 % off, the median label 0.1 %; the seeds' own spread is as large). Without native
+    bfloat16 both runs are float32."""
     model, _, _, xd, *_ = reference
     auto = nc.reverse_engineer(model, xd, progress=False)
     monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
