@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from labsupport import checks
+from labsupport import checks, training
 from labsupport.data import DatasetNotFoundError
 from labsupport.llm import corpus, experiments, filters, poisoning, train
 from labsupport.llm import model as model_mod
@@ -560,7 +560,7 @@ def test_denial_of_service_trigger_is_measured(lab3):
 
 def test_training_precision_is_bfloat16_only_where_native_and_keeps_attention_exact():
     cpu = torch.device("cpu")
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and train.precision() == "auto"
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and training.precision() == "auto"
     x = torch.randn(2, 4, 8, 16)
     with train.training_precision(cpu):
         y = torch.nn.functional.linear(x, torch.randn(16, 16))
@@ -580,10 +580,10 @@ def test_precision_can_be_forced_to_float32(monkeypatch):
     monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
     with train.training_precision(cpu):
         assert torch.nn.functional.linear(torch.randn(2, 16), torch.randn(16, 16)).dtype == torch.float32
-    assert not train.autocast(torch.device("cuda"))._enabled
+    assert not training.autocast(torch.device("cuda"))._enabled
     monkeypatch.setenv("LABSUPPORT_PRECISION", "bf16")
     with pytest.raises(ValueError, match="LABSUPPORT_PRECISION='bf16'.*'auto', 'float32'"):
-        train.autocast(cpu)
+        training.autocast(cpu)
 
 
 def test_tune_many_is_instruction_tune_on_each_set(tok, tmp_path, monkeypatch):

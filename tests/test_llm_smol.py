@@ -18,7 +18,7 @@ import torch
 
 from labsupport.data import DatasetNotFoundError
 from labsupport.llm import corpus, experiments, poisoning, smol, train
-from labsupport.llm.train import autocast
+from labsupport.training import autocast
 
 
 @pytest.fixture()

