@@ -129,6 +129,7 @@ def _reverse(model, clean, labels, k, batch_size, batches_per_step, max_steps, l
     steps = torch.zeros_like(up)
     active = torch.ones(n_lab, dtype=torch.bool, device=dev)
     clean_dev = clean.to(dev)
+    amp = autocast(dev)   # bfloat16 where native (2.4x faster); one context, entered once per batch
     bar = tqdm(range(max_steps), desc="Neural Cleanse (all labels at once)", disable=not progress, leave=False)
     try:
         for _ in bar:
@@ -143,7 +144,7 @@ def _reverse(model, clean, labels, k, batch_size, batches_per_step, max_steps, l
                 m = torch.tanh(mask_t[act]) / 2 + 0.5                      # (A, 1, H, W)
                 p = torch.tanh(pat_t[act]) / 2 + 0.5                       # (A, C, H, W)
                 xa = (1 - m.unsqueeze(1)) * xb.unsqueeze(0) + (m * p).unsqueeze(1)   # (A, B, C, H, W)
-                with autocast(dev):  # bfloat16 where native: 2.4x faster
+                with amp:
                     logits = model(xa.flatten(0, 1)).float().view(len(act), batch_size, -1)
                 tgt = targets[act].unsqueeze(1).expand(-1, batch_size)
                 ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view(len(act), -1).mean(1)
