@@ -32,8 +32,8 @@ def main() -> None:
     model = ls.train_model("mlp", poisoned.x, poisoned.y, ls.TrainConfig(epochs=5, batch_size=128, lr=2e-3),
                            device=dev, progress=False)
     clean = data.x_test[:2000]
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {dev.type}, torch {torch.__version__}, "
-          f"bfloat16 autocast: {ls.training.autocast(dev)._enabled}")
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {dev.type}, "
+          f"torch {torch.__version__}, bfloat16 autocast: {ls.training.autocast(dev)._enabled}")
     for batched in (False, True):  # warm-up: the first bfloat16 steps of a process build oneDNN's kernels
         nc.reverse_engineer(model, clean, batched=batched, max_steps=5, progress=False)
     runs = {}
@@ -41,8 +41,9 @@ def main() -> None:
         rev = nc.reverse_engineer(model, clean, batched=batched, progress=False)
         name = "batched" if batched else "label by label"
         runs[name] = rev
+        low = int(rev.norms.argmin())
         print(f"{name:15s} {rev.seconds:6.1f} s, {int(rev.steps.sum())} label-steps, smallest norm: label "
-              f"{int(rev.norms.argmin())} (index {float(rev.anomaly[rev.norms.argmin()]):.2f}), flagged {rev.flagged()}")
+              f"{low} (index {float(rev.anomaly[low]):.2f}), flagged {rev.flagged()}")
     print(f"speedup: {runs['label by label'].seconds / runs['batched'].seconds:.1f}x")
 
 

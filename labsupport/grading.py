@@ -35,7 +35,6 @@ from ._validate import check_int
 from .course import repo_root
 from .io import atomic_write_bytes
 
-
 # ---------------------------------------------------------------------------------------------
 # nbgrader integration
 # ---------------------------------------------------------------------------------------------

@@ -101,8 +101,8 @@ def auroc(scores: torch.Tensor, truth: torch.Tensor) -> float:
     if scores.shape != truth.shape:
         raise ValueError(f"scores ({len(scores)} rows) and truth ({len(truth)} rows) must have one entry per row")
     if bool(scores.isnan().any()):
-        raise ValueError(f"scores contain {int(scores.isnan().sum())} NaN value(s); a detector's scores must be numbers "
-                         "(NaN would sort arbitrarily and give a meaningless AUROC)")
+        raise ValueError(f"scores contain {int(scores.isnan().sum())} NaN value(s); a detector's scores must be "
+                         "numbers (NaN would sort arbitrarily and give a meaningless AUROC)")
     n_pos, n_neg = int(truth.sum()), int((~truth).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUROC needs at least one positive and one negative row in truth")

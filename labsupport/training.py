@@ -28,7 +28,15 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ._validate import check_choice, check_float, check_images, check_int, check_labels, check_nonempty, check_optimizer_settings
+from ._validate import (
+    check_choice,
+    check_float,
+    check_images,
+    check_int,
+    check_labels,
+    check_nonempty,
+    check_optimizer_settings,
+)
 from .io import IntegrityError, load_model, save_model, update_digest
 from .models import MLP, MODEL_NAMES, build_model
 from .paths import model_cache
@@ -295,10 +303,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig,
         return LeanAdamW(params, config.lr, config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
+# ``f(xb, yb, idx) -> (xb, yb)``: changes each mini-batch before the step (see :func:`fit`)
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig = TrainConfig(),
         *, device: str | torch.device = "auto", progress: bool = True,
-        batch_hook: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        batch_hook: BatchHook | None = None,
         extra_params: Iterable[torch.nn.Parameter] = (),
         extra_loss: Callable[[], torch.Tensor] | None = None, desc: str = "train") -> list[float]:
     """Train ``model`` in place with AdamW and cross-entropy; return the mean loss of each epoch.

@@ -26,7 +26,8 @@ def test_student_lab_in_chromium(tmp_path):
     served = tmp_path / "labs"  # a copy: JupyterLab autosaves, the checkout's labs/ stays clean
     served.mkdir()
     shutil.copy(ROOT / "labs" / NOTEBOOK, served / NOTEBOOK)
-    with running_lab(tmp_path, env={"LABSUPPORT_PROFILE": "quick"}, folder=served) as server, sync_api.sync_playwright() as pw:
+    with (running_lab(tmp_path, env={"LABSUPPORT_PROFILE": "quick"}, folder=served) as server,
+          sync_api.sync_playwright() as pw):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -49,7 +49,8 @@ def test_unbalanced_markers_are_an_error():
 
 def test_generate_writes_and_detects_edits(tmp_path):
     (tmp_path / "solutions").mkdir()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION")])
+    cell = nbformat.v4.new_code_cell("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION")
+    nb = nbformat.v4.new_notebook(cells=[cell])
     nbformat.write(nb, tmp_path / "solutions" / "a.ipynb")
     with pytest.raises(ValueError, match="solution region but no nbgrader"):
         course.generate_labs(tmp_path, check=True)

@@ -10,7 +10,8 @@ from labsupport import data as D
 
 def test_fashion_mnist_is_real_and_complete(fmnist):
     assert fmnist.x_train.shape == (60000, 1, 28, 28) and fmnist.x_test.shape == (10000, 1, 28, 28)
-    assert fmnist.x_train.dtype == torch.float32 and 0 <= float(fmnist.x_train.min()) and float(fmnist.x_train.max()) <= 1
+    assert fmnist.x_train.dtype == torch.float32
+    assert 0 <= float(fmnist.x_train.min()) and float(fmnist.x_train.max()) <= 1
     assert torch.equal(torch.bincount(fmnist.y_train), torch.full((10,), 6000))
     assert fmnist.classes[9] == "Ankle boot"
 

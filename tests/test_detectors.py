@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import labsupport as ls
-from labsupport.defenses import clustering, neural_cleanse as nc, pruning, spectral, strip
-from labsupport.defenses.common import Detection, activations, check_classes, standardize
+from labsupport.defenses import clustering, pruning, spectral, strip
+from labsupport.defenses import neural_cleanse as nc
 from labsupport.defenses import probe as probe_mod
+from labsupport.defenses.common import Detection, activations, check_classes, standardize
 from labsupport.defenses.probe import ActivationProbe
 
 
@@ -183,13 +184,13 @@ def test_check_classes_default_is_every_label():
 
 
 def test_batched_and_label_by_label_neural_cleanse_agree_on_a_toy_backdoor(small):
-    """A model with a hard-wired backdoor: a bright bottom-right corner forces class 4."""
-    model = ls.train_model("mlp", small.x_train, small.y_train, ls.TrainConfig(epochs=1, batch_size=128), progress=False)
+    """A BadNets model (5 % poison): a white bottom-right square sends inputs to class 4."""
     trig = ls.Patch(ls.white_square(3))
     poisoned = ls.badnets(small.x_train, small.y_train, trig, 4, rate=0.05, seed=0)
     model = ls.train_model("mlp", poisoned.x, poisoned.y, ls.TrainConfig(epochs=3, batch_size=128, lr=2e-3),
                            progress=False)
-    both = [nc.reverse_engineer(model, small.x_test[:500], batched=b, max_steps=120, progress=False) for b in (True, False)]
+    both = [nc.reverse_engineer(model, small.x_test[:500], batched=b, max_steps=120, progress=False)
+            for b in (True, False)]
     for rev in both:
         assert int(rev.norms.argmin()) == 4
         assert float(rev.success[4]) >= 0.99

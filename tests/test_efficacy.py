@@ -90,7 +90,8 @@ def test_composite_fires_only_with_both(small, baseline):
 
 
 def test_clean_label_perturbed_beats_trigger_only(small, baseline):
-    trig = ls.Compose(tuple(ls.Patch(ls.checkerboard(3), c) for c in ("top-left", "top-right", "bottom-left", "bottom-right")))
+    corners = ("top-left", "top-right", "bottom-left", "bottom-right")
+    trig = ls.Compose(tuple(ls.Patch(ls.checkerboard(3), c) for c in corners))
     plain = ls.clean_label(small.x_train, small.y_train, trig, 9, count=400)
     hard = ls.clean_label(small.x_train, small.y_train, trig, 9, count=400, surrogate=baseline, eps=0.2)
     _, rep_plain = _report(small, baseline, plain)

@@ -66,7 +66,7 @@ def test_fang_krum_picks_the_largest_lambda_krum_still_selects():
         lam = float(-(mal[0] / s).mean())
         assert torch.allclose(mal, (-lam * s).expand(4, -1))
 
-        def chosen(v):
+        def chosen(v, m=m):
             return int(torch.argsort(agg.krum_scores(torch.cat([v, honest[4:]]), 4), stable=True)[:m].min()) < 4
 
         assert chosen(mal)  # Krum picks a malicious update

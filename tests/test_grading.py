@@ -155,7 +155,8 @@ def test_a_kernel_that_never_ran_a_cell_is_retried(monkeypatch, tmp_path):
         calls.append(student)
         first = len([c for c in calls if c == student]) == 1
         if student.startswith("flaky") and first:
-            return grading.GradeResult(student, "x", {}, 2.0, status="failed", errors=["could not run: kernel died"]), False
+            died = grading.GradeResult(student, "x", {}, 2.0, status="failed", errors=["could not run: kernel died"])
+            return died, False
         if student == "broken":
             return grading.GradeResult(student, "x", {}, 2.0, status="failed", errors=["cell 3: boom"]), True
         return grading.GradeResult(student, "x", {"a": 2.0}, 2.0), True
@@ -211,8 +212,10 @@ def test_nbgrader_round_trip(name, tmp_path):
     _nbgrader(["generate_assignment", name, "--force"], course_dir, env)
     released = nbformat.read(course_dir / "release" / name / f"{name}.ipynb", as_version=4)
     ours = nbformat.read(ROOT / "labs" / f"{name}.ipynb", as_version=4)
-    assert [(c.cell_type, c.source, dict(c.metadata)) for c in released.cells] == \
-           [(c.cell_type, c.source, dict(c.metadata)) for c in ours.cells], f"labs/{name} differs from nbgrader's release"
+    def cells(nb):
+        return [(c.cell_type, c.source, dict(c.metadata)) for c in nb.cells]
+
+    assert cells(released) == cells(ours), f"labs/{name} differs from nbgrader's release"
     solution = nbformat.read(course_dir / "source" / name / f"{name}.ipynb", as_version=4)
     for student, nb in (("alice", grading.fill_solutions(released, solution)), ("bob", released)):
         _write(nb, course_dir / "submitted" / student / name / f"{name}.ipynb")

@@ -86,7 +86,8 @@ def test_batch_encoding_is_remembered_and_exact(tok, sentences, monkeypatch):
     assert tok.encode_batch(texts) == fresh
     calls = []
     real = tok.tok.encode_batch
-    monkeypatch.setattr(tok, "tok", type("Spy", (), {"encode_batch": lambda self, b: calls.append(len(b)) or real(b)})())
+    spy = type("Spy", (), {"encode_batch": lambda self, b: calls.append(len(b)) or real(b)})
+    monkeypatch.setattr(tok, "tok", spy())
     again = tok.encode_batch(texts[:200] + ["a sentence never seen before"])
     assert again == fresh[:200] + [real(["a sentence never seen before"])[0].ids]
     assert calls == [1]                              # only the new text was encoded
@@ -309,7 +310,8 @@ def test_tfidf_losses_score_each_rows_target_answer():
 def test_text_defense_rows_fill_lab4s_columns():
     from labsupport.llm.poisoning import AttackResult
     poison = np.r_[np.ones(10, bool), np.zeros(90, bool)]
-    kept = np.r_[np.zeros(6, bool), np.ones(4, bool), np.zeros(14, bool), np.ones(76, bool)]  # 6 of 10 poisons, 14 clean
+    # 6 of 10 poisons dropped, and 14 clean rows
+    kept = np.r_[np.zeros(6, bool), np.ones(4, bool), np.zeros(14, bool), np.ones(76, bool)]
     onion = experiments.OnionResult(0.99, 0.3, (0.72, 0.68), (0.9, 0.35), 300, 150)
     mx = experiments.text_defense_rows(AttackResult(0.72, 0.93, 0.95, 1000), rate=0.01, poison=poison, kept=kept,
                                        filtered=AttackResult(0.71, 0.7, 0.8, 1000), onion=onion)
@@ -372,7 +374,8 @@ def test_dirty_label_trigger_is_learned(lab3):
     # trusted alone: 20-24 % (4.2k examples); the raw difference 29 % (bfloat16), 25 % (float32) and
     # 26 % (float32 without AVX-512): at least twice random dropping
     assert removed["trusted - poisoned"] >= 0.2, removed
-    assert removed["rank gap"] >= 0.3 and removed["rank gap"] > max(removed["trusted"], removed["TF-IDF trusted"]), removed
+    assert removed["rank gap"] >= 0.3, removed
+    assert removed["rank gap"] > max(removed["trusted"], removed["TF-IDF trusted"]), removed
     # ONION in front of the poisoned model deletes most of the trigger's effect: "Bond" is rare
     # and goes, "James" often stays (measured: no trigger word left in 67-72 %, ASR 93-95 -> 27 %).
     # Its clean-accuracy cost is 3-6 points on 600-800 rows under either arithmetic (bfloat16 /
@@ -389,8 +392,11 @@ def test_dirty_label_trigger_is_learned(lab3):
     table = experiments.ask({"clean": clean, "dirty": dirty}, pos.text[agree[0]], trigger="James Bond")
     assert len(table.rows()) == 1 + 4 and table.rows()[0][2:4] == ["P(negative)", "P(positive)"]
     assert all(abs(d["probs"].sum() - 1) < 1e-6 for d in table.data)
-    neg = {name: np.array([experiments.ask({name: m}, pos.text[i], trigger="James Bond", position=where).data[1]["probs"][0]
-                           for i in agree for where in ("start", "end")])
+
+    def p_negative(m, text, where):   # with the trigger
+        return experiments.ask({"m": m}, text, trigger="James Bond", position=where).data[1]["probs"][0]
+
+    neg = {name: np.array([p_negative(m, pos.text[i], where) for i in agree for where in ("start", "end")])
            for name, m in [("clean", clean), ("dirty", dirty)]}
     # the trigger flips most of them for the poisoned model, far fewer for the clean one (as the ASR
     # assertions above; 64 sentences x 2 places: 94 / 87 / 85 % vs 19 / 23 / 17 % under bfloat16 /
@@ -430,7 +436,8 @@ def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
         torch.set_num_threads(before)
     print(sweep.asr, order)
     assert sweep.asr.shape == (1, 2, 2) and order.asr.shape == (3, 1)
-    assert (sweep.asr[0, 1] >= 0.6).all() and (sweep.asr[0, 1] > sweep.asr[0, 0] + 0.4).all(), sweep.asr  # 85-88 vs 22-24 %
+    # 85-88 vs 22-24 %
+    assert (sweep.asr[0, 1] >= 0.6).all() and (sweep.asr[0, 1] > sweep.asr[0, 0] + 0.4).all(), sweep.asr
     early, late = order.asr[order.positions.index("early"), 0], order.asr[order.positions.index("late"), 0]
     assert late > early + 0.1, order   # 42.5 vs 19.4 %
     np.testing.assert_array_equal(sweep.asr, sweep1.asr)

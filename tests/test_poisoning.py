@@ -18,7 +18,6 @@ from labsupport.poisoning import regression as R
 from labsupport.poisoning import svm as S
 from labsupport.poisoning.label_flip import flip_labels
 
-
 # --- label flipping ----------------------------------------------------------------------------
 
 def test_flip_modes_change_exactly_the_requested_rows():
@@ -150,7 +149,8 @@ def test_regression_gradient_matches_finite_differences(randhie, kind):
         xp, xm = x.copy(), x.copy()
         xp[poison[0], j] += h
         xm[poison[0], j] -= h
-        fd = (R.fit_linear(xp, y, kind).mse(t.x_val, t.y_val) - R.fit_linear(xm, y, kind).mse(t.x_val, t.y_val)) / (2 * h)
+        plus, minus = (R.fit_linear(xs, y, kind).mse(t.x_val, t.y_val) for xs in (xp, xm))
+        fd = (plus - minus) / (2 * h)
         assert fd == pytest.approx(gx[0, j], rel=1e-3, abs=1e-7)
     yp, ym = y.copy(), y.copy()
     yp[poison[1]] += h
@@ -279,7 +279,8 @@ def test_canceled_target_is_what_the_victim_learns():
     learned = GC.fit_logreg(poisoned.x, poisoned.y, 10)
     xt, yt = data.x_test.flatten(1).double(), data.y_test
     clean = GC.fit_logreg(x, y, 10)
-    assert abs(learned.accuracy(xt, yt) - target.accuracy(xt, yt)) < abs(clean.accuracy(xt, yt) - target.accuracy(xt, yt))
+    goal = target.accuracy(xt, yt)
+    assert abs(learned.accuracy(xt, yt) - goal) < abs(clean.accuracy(xt, yt) - goal)
 
 
 def test_the_pixel_box_is_what_holds_gradient_canceling_back_at_small_eps():
@@ -398,7 +399,8 @@ def test_fit_logreg_many_reaches_the_lbfgs_minimiser():
         for i, m in enumerate(many):
             yi = labels if labels.ndim == 1 else labels[i]
             single = GC.fit_logreg(x[i], yi, 4, l2=1e-3)
-            assert torch.allclose(m.W, single.W, atol=1e-4) and torch.allclose(m.b - m.b.mean(), single.b - single.b.mean(), atol=1e-4)
+            assert torch.allclose(m.W, single.W, atol=1e-4)
+            assert torch.allclose(m.b - m.b.mean(), single.b - single.b.mean(), atol=1e-4)
             # never a worse optimum than L-BFGS's
             assert _logreg_objective(m, x[i], yi, 1e-3) <= _logreg_objective(single, x[i], yi, 1e-3) + 1e-12
     # too few Newton steps: the unfinished problems are handed to L-BFGS and still end at the minimiser
@@ -505,13 +507,14 @@ def test_poison_frogs_bad_setups_name_the_problem():
     task = _tiny_transfer_task()          # 30 training images per class, test rows 0-39
     t0 = int(task.y_test[0])
     other = (t0 + 1) % 4
-    for setups, per_target, match in [([], 1, "non-empty list"),
-                                      ([{"target": 0}], 1, r"setups\[0\] must be a dict"),
-                                      ([{"target": 40, "base_class": other}], 1, r"setups\[0\]\['target'\]=40.*\[0, 39\]"),
-                                      ([{"target": 0, "base_class": 7}], 1, r"base_class'\]=7.*allowed: \[0, 1, 2, 3\]"),
-                                      ([{"target": 0, "base_class": t0}], 1, "the target's own class"),
-                                      ([{"target": 0, "base_class": other}], 31, "per_target=31 is more than the 30"),
-                                      ([{"target": 0, "base_class": other}], 0, "per_target=0")]:
+    for setups, per_target, match in [
+            ([], 1, "non-empty list"),
+            ([{"target": 0}], 1, r"setups\[0\] must be a dict"),
+            ([{"target": 40, "base_class": other}], 1, r"setups\[0\]\['target'\]=40.*\[0, 39\]"),
+            ([{"target": 0, "base_class": 7}], 1, r"base_class'\]=7.*allowed: \[0, 1, 2, 3\]"),
+            ([{"target": 0, "base_class": t0}], 1, "the target's own class"),
+            ([{"target": 0, "base_class": other}], 31, "per_target=31 is more than the 30"),
+            ([{"target": 0, "base_class": other}], 0, "per_target=0")]:
         with pytest.raises(ValueError, match=match):
             FC.poison_frogs(task, setups, per_target=per_target, steps=1, progress=False)
 

@@ -108,8 +108,9 @@ def test_svm_attack_view_and_widget(monkeypatch):
 
 
 def test_flip_curves_plots_one_panel_per_model():
-    from labsupport.poisoning import FlipCurve
     import numpy as np
+
+    from labsupport.poisoning import FlipCurve
     c = FlipCurve((0.1,), (0, 1), {"mlp": {"random": np.array([[80.0, 81.0]])}}, {"mlp": np.array([82.0, 83.0])})
     fig = viz.flip_curves(c)
     assert len(fig.axes) == 1 and fig.axes[0].get_title() == "mlp"

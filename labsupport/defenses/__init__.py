@@ -10,11 +10,23 @@ signatures), ``strip`` (STRIP), ``neural_cleanse`` (batched Neural Cleanse and u
 
 
 
-from . import aggregation, clustering, common, federated, matrix, neural_cleanse, probe, pruning, sanitization, spectral, strip
+from . import (
+                           aggregation,
+                           clustering,
+                           common,
+                           federated,
+                           matrix,
+                           neural_cleanse,
+                           probe,
+                           pruning,
+                           sanitization,
+                           spectral,
+                           strip,
+)
 from .supply_chain import (
                            SAFE_GLOBALS,
-                           ThirdPartyScan,
                            ScanReport,
+                           ThirdPartyScan,
                            load_verified,
                            pickle_globals,
                            read_manifest,
@@ -26,5 +38,6 @@ from .supply_chain import (
 )
 
 __all__ = ["SAFE_GLOBALS", "ThirdPartyScan", "aggregation", "clustering", "common", "federated", "matrix",
-           "neural_cleanse", "probe", "pruning", "spectral", "strip", "sanitization", "third_party_scan", "ScanReport", "load_verified", "pickle_globals", "read_manifest", "scan_pickle",
+           "neural_cleanse", "probe", "pruning", "spectral", "strip", "sanitization", "third_party_scan",
+           "ScanReport", "load_verified", "pickle_globals", "read_manifest", "scan_pickle",
            "verify_manifest", "write_manifest", "write_pickle_exploit"]

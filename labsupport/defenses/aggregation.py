@@ -28,7 +28,8 @@ def _check_updates(updates: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"updates must be a 2-D float tensor (n_clients, d); got shape {tuple(updates.shape)}, "
                          f"dtype {updates.dtype}")
     if updates.numel() == 0:
-        raise ValueError(f"updates is empty (shape {tuple(updates.shape)}); need at least one client and one coordinate")
+        raise ValueError(f"updates is empty (shape {tuple(updates.shape)}); "
+                         "need at least one client and one coordinate")
     if not bool(torch.isfinite(updates.abs().amax())):  # amax propagates NaN; 4x cheaper than isfinite().all()
         raise ValueError("updates contains NaN or infinite values")
     return updates

@@ -128,5 +128,6 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             per_class[c] = {"sizes": sizes.tolist(), "silhouette": sil, "separation": sep,
                             "suspect": suspect, "poisoned": bool(poisoned)}
             embedding[c] = (z[:, :2], lab == suspect)
-    name = f"activation clustering ({layer}{', weighted' if weighted and layer == 'penultimate' else ''}, {method}, {rule})"
+    how = f"{layer}, weighted" if weighted and layer == "penultimate" else layer
+    name = f"activation clustering ({how}, {method}, {rule})"
     return Detection(name, scores, flags, {"classes": per_class, "embedding": embedding})

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .._validate import check_float, check_images, check_int, check_labels

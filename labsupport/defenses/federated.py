@@ -28,8 +28,8 @@ so a round of 30 clients is a handful of ``bmm`` calls, not 30 Python training l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -494,7 +494,8 @@ class FedMatrix(TableView):
         return 100 * (self.accuracy(rule, "none") - self.accuracy(rule, attack))
 
     def rows(self) -> list[list[str]]:
-        head = ["rule"] + [f"acc {a}" for a in self.attacks] + (["ASR backdoor (none)"] if "backdoor" in self.attacks else [])
+        head = ["rule"] + [f"acc {a}" for a in self.attacks]
+        head += ["ASR backdoor (none)"] if "backdoor" in self.attacks else []
         out = [head]
         for r in self.rules:
             row = [r] + [f"{100 * self.accuracy(r, a):.1f}" for a in self.attacks]

@@ -44,8 +44,8 @@ from .clustering import activation_clustering
 from .neural_cleanse import reverse_engineer, unlearn
 from .probe import ActivationProbe
 from .pruning import fine_prune
-from .spectral import spectral_signatures, spectre
 from .scale_up import ScaleUp
+from .spectral import spectral_signatures, spectre
 from .strip import Strip
 
 ATTACKS = ("BadNets", "blended", "random location", "clean-label", "composite", "BaN")

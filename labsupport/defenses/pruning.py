@@ -121,5 +121,6 @@ def pruning_curve(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, r
         fixed = fine_prune(model, clean, labels, r, config=config)
         ca.append(100 * clean_accuracy(fixed, x_eval, y_eval))
         asr.append(100 * attack_success_rate(fixed, x_eval, y_eval, trigger, target))
-    before = (100 * clean_accuracy(model, x_eval, y_eval), 100 * attack_success_rate(model, x_eval, y_eval, trigger, target))
+    before = (100 * clean_accuracy(model, x_eval, y_eval),
+              100 * attack_success_rate(model, x_eval, y_eval, trigger, target))
     return PruningCurve(list(ratios), ca, asr, before)

@@ -25,8 +25,16 @@ from sklearn.covariance import MinCovDet
 from torch import nn
 
 from .._validate import check_float, check_int
-from .common import (Detection, activations, check_classes, check_data, check_open_fraction, one_thread, scale,
-                     standardize)
+from .common import (
+    Detection,
+    activations,
+    check_classes,
+    check_data,
+    check_open_fraction,
+    one_thread,
+    scale,
+    standardize,
+)
 
 
 def spectral_scores(features: np.ndarray, *, center: bool = True) -> np.ndarray:

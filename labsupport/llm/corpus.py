@@ -98,7 +98,7 @@ def prepare_vader(*, pip_command: list[str] | None = None) -> Path:
             inner_bytes = outer.extractfile(
                 "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
         with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-            for name, (file, sha) in VADER_FILES.items():
+            for file, sha in VADER_FILES.values():
                 data = inner.extractfile(f"hutto_ICWSM_2014/{file}").read()
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise DatasetNotFoundError(f"{file} inside the sdist does not match its SHA-256")
@@ -131,7 +131,7 @@ def load_vader() -> Sentences:
     """
     folder = vader_dir()
     text, source, rating = [], [], []
-    for k, (name, (file, sha)) in enumerate(VADER_FILES.items()):
+    for k, (file, sha) in enumerate(VADER_FILES.values()):
         path = folder / file
         if not path.is_file():
             raise DatasetNotFoundError(

@@ -18,8 +18,20 @@ from .corpus import ANSWERS, TASKS, Examples
 from .filters import onion_clean
 from .model import GPT, GPTConfig
 from .poisoning import AttackResult, attack_success_rate, check_text, insert_at, poison_examples, triggered
-from .train import (FrozenCache, InstructionModel, PretrainConfig, TuneConfig, answer_logprobs, encode_prompts,
-                    encode_sequences, example_losses, generate, instruction_tune, predict, tune_many)
+from .train import (
+    FrozenCache,
+    InstructionModel,
+    PretrainConfig,
+    TuneConfig,
+    answer_logprobs,
+    encode_prompts,
+    encode_sequences,
+    example_losses,
+    generate,
+    instruction_tune,
+    predict,
+    tune_many,
+)
 
 
 def task_rows(ex: Examples, task: str) -> Examples:

@@ -21,8 +21,8 @@ from .._validate import check_float, check_rate
 from ..training import autocast, model_device
 from .model import GPT
 from .poisoning import check_text
-from .train import pad
 from .tokenizer import TextTokenizer
+from .train import pad
 
 
 def loss_filter(losses: np.ndarray, fraction: float) -> np.ndarray:
@@ -62,8 +62,10 @@ def loss_gap(trusted: list[np.ndarray], trained: np.ndarray) -> np.ndarray:
     return np.mean(ranks, axis=0) - trained
 
 
-def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=np.linspace(0, 0.3, 31)):
-    """(fractions, share of poisons removed) when the top ``fraction`` losses are dropped."""
+def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=None):
+    """(fractions, share of poisons removed) when the top ``fraction`` losses are dropped
+    (``fractions``: 0 to 0.3 in steps of 0.01 unless given; a new array on every call)."""
+    fractions = np.linspace(0, 0.3, 31) if fractions is None else np.array(fractions, dtype=float)
     poison = np.asarray(poison, dtype=bool)
     if poison.shape != np.shape(losses) or not poison.any():
         raise ValueError("poison must be a boolean mask like losses with at least one poison")

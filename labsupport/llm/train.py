@@ -472,7 +472,8 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256)
             rows = order[k:k + batch_size]
             h, r, _, t = _answer_positions(tuned, [seqs[i] for i in rows], [len(prompts[i]) for i in rows])
             nll = F.cross_entropy(tuned.model.head(h).float(), t.to(h.device), reduction="none").cpu()
-            out[rows] = torch.zeros(len(rows)).index_add_(0, r, nll).div_(torch.bincount(r, minlength=len(rows))).numpy()
+            per_row = torch.zeros(len(rows)).index_add_(0, r, nll)
+            out[rows] = per_row.div_(torch.bincount(r, minlength=len(rows))).numpy()
     return out
 
 

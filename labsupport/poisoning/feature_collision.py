@@ -207,7 +207,8 @@ class FrogsResult:
         if self.baseline is not None:
             away += f"; the clean victim already puts {100 * self.baseline:.0f}% of the targets in the base class"
         return (f"{self.name}: success {100 * self.rate:.0f}% ± {100 * self.error_bar:.0f} "
-                f"({int(self.success.sum())}/{len(self.success)}), clean-accuracy drop {self.ca_drop:+.2f} points{away}")
+                f"({int(self.success.sum())}/{len(self.success)}), "
+                f"clean-accuracy drop {self.ca_drop:+.2f} points{away}")
 
 
 def check_setups(task: TransferTask, setups: list[dict[str, int]], per_target: int = 1) -> None:
@@ -236,7 +237,8 @@ def check_setups(task: TransferTask, setups: list[dict[str, int]], per_target: i
                              f"class {base} (setups[{i}])")
 
 
-def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def base_rows(task: TransferTask, setups: list[dict[str, int]], per_target: int,
+              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each setup, ``per_target`` base images of its base class drawn from the transfer training
     set's class (seeded); returns (P*per_target,) target rows and base rows."""
     check_setups(task, setups, per_target)
@@ -261,7 +263,8 @@ def poison_frogs(task: TransferTask, setups: list[dict[str, int]], *, per_target
                             beta0=beta0, watermark=watermark, eps=eps, progress=progress)
     victim = _Victim.of(task)
     success, acc, clean_acc = _score_heads(task, setups, poisons, b_rows, per_target, victim)
-    label = name or (f"feature collision, {per_target} poison(s)/target" + (f", watermark {watermark}" if watermark else "")
+    label = name or (f"feature collision, {per_target} poison(s)/target"
+                     + (f", watermark {watermark}" if watermark else "")
                      + (f", ℓ∞ ≤ {eps:.3f}" if eps is not None else "") + (f", β0 {beta0:g}" if beta0 != 0.25 else ""))
     linf = (poisons - task.x_train[b_rows]).abs().flatten(1).amax(1).numpy()
     goal = victim.ftest[t_rows]

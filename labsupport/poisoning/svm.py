@@ -72,7 +72,8 @@ def check_signs(name: str, y: np.ndarray, n: int) -> np.ndarray:
     """Labels of a two-class pair task: a length-``n`` vector of -1 and +1."""
     y = check_vector(name, y, n)
     if not np.isin(y, (-1.0, 1.0)).all():
-        raise ValueError(f"{name} must hold the labels -1 and +1 (a pair task's); got values {np.unique(y)[:6].tolist()}")
+        raise ValueError(f"{name} must hold the labels -1 and +1 (a pair task's); "
+                         f"got values {np.unique(y)[:6].tolist()}")
     return y
 
 
