@@ -5,7 +5,8 @@ over the target with ``os.replace`` (atomic on POSIX), so a killed process never
 written cache entry behind. Weights are stored as safetensors: loading them cannot execute code,
 unlike ``pickle``/``torch.load``. Each weights file carries the SHA-256 of its tensors in its
 header (``content_sha256``), checked on every load, so a flipped byte is caught; a SHA-256 of the
-whole file (from a manifest) can be required on top.
+whole file (from a manifest) can be required on top. Text caches (the Lab 3 tokenizer) are JSON
+with the SHA-256 of their content beside it (:func:`write_verified_text`), checked the same way.
 """
 
 from __future__ import annotations
@@ -57,6 +58,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_open(path) as handle:
         handle.write(data)
     return Path(path)
+
+
+def write_verified_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically as JSON together with its SHA-256 (read it with
+    :func:`read_verified_text`)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    doc = {CONTENT_KEY: hashlib.sha256(text.encode()).hexdigest(), "content": text}
+    return atomic_write_bytes(path, json.dumps(doc).encode())
+
+
+def read_verified_text(path: str | os.PathLike) -> str:
+    """The text :func:`write_verified_text` wrote, after checking it against its SHA-256.
+
+    Raises:
+        IntegrityError: the file is unreadable, not such a file, or its text does not match.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes())
+        text, recorded = doc["content"], doc[CONTENT_KEY]
+        if not isinstance(text, str):
+            raise TypeError(f"content is a {type(text).__name__}")
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise IntegrityError(f"{path}: not a verified text file ({type(exc).__name__}: {exc})") from exc
+    if hashlib.sha256(text.encode()).hexdigest() != recorded:
+        raise IntegrityError(f"{path}: content does not match its recorded SHA-256 (corrupt or tampered)")
+    return text
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -8,7 +9,14 @@ import pytest
 import torch
 
 import labsupport as ls
-from labsupport.io import atomic_write_bytes, load_weights, save_weights
+from labsupport.io import (
+    IntegrityError,
+    atomic_write_bytes,
+    load_weights,
+    read_verified_text,
+    save_weights,
+    write_verified_text,
+)
 
 
 def test_safetensors_roundtrip(tmp_path):
@@ -60,3 +68,19 @@ def test_killed_write_leaves_no_corrupt_file(tmp_path, kind):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.equal(load_weights(target)["w"], torch.zeros(3))  # old content, intact
+
+
+def test_verified_text_round_trip_and_refusals(tmp_path):
+    path = write_verified_text(tmp_path / "t.json", 'a "text" with ünïcode\n')
+    assert read_verified_text(path) == 'a "text" with ünïcode\n'
+    doc = json.loads(path.read_text())
+    doc["content"] = doc["content"].replace("a ", "b ")          # valid JSON, changed text
+    path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="does not match"):
+        read_verified_text(path)
+    for bad in (b'{"content": "x"', b"[1, 2]", b'{"content": 3, "content_sha256": "0"}'):  # cut, not ours, no text
+        path.write_bytes(bad)
+        with pytest.raises(IntegrityError, match="not a verified text file"):
+            read_verified_text(path)
+    with pytest.raises(TypeError, match="text must be a string"):
+        write_verified_text(tmp_path / "u.json", b"bytes")

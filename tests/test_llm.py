@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from labsupport import checks, training
 from labsupport.data import DatasetNotFoundError
@@ -78,6 +81,25 @@ def test_tokenizer_keeps_answers_whole(tok):
         ids = [tok.answer_id(w) for w in words]
         assert len(set(ids)) == len(ids)
     assert tok.decode(tok.encode("James Bond liked it.")) == "James Bond liked it."
+
+
+def test_cached_tokenizer_is_verified_on_load(sentences, tmp_path, monkeypatch):
+    """The cached tokenizer carries its SHA-256: a changed or cut file is trained again, with a warning."""
+    monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path))
+    texts = sentences.text[:400]
+    first = train_tokenizer(texts, vocab_size=512)
+    (path,) = tmp_path.glob("tokenizer-*.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert train_tokenizer(texts, vocab_size=512).to_json() == first.to_json()   # loaded
+    doc = json.loads(path.read_text())
+    doc["content"] = doc["content"].replace('"<eos>"', '"<EOS>"', 1)
+    Tokenizer.from_str(doc["content"])   # still a tokenizer: only the checksum can tell
+    for damaged in (json.dumps(doc), path.read_text()[:100]):
+        path.write_text(damaged)
+        with pytest.warns(UserWarning, match="failed verification"):
+            again = train_tokenizer(texts, vocab_size=512)
+        assert again.to_json() == first.to_json()
 
 
 def test_batch_encoding_is_remembered_and_exact(tok, sentences, monkeypatch):

@@ -2,7 +2,8 @@
 
 Byte-level BPE never meets an unknown character; every answer word of the instruction tasks is
 kept a single token (with its leading space), so "the answer" is one position to score.
-Saved as the library's JSON in the model cache, keyed by the corpus and settings.
+Saved as the library's JSON in the model cache, keyed by the corpus and settings, with its SHA-256
+(checked on load: a damaged or changed file is trained again, with a warning).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from pathlib import Path
+import warnings
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .._validate import check_int
-from ..io import atomic_write_bytes
+from ..io import read_verified_text, write_verified_text
 from ..paths import model_cache
 from .corpus import ANSWERS, TEMPLATES
 
@@ -80,13 +81,13 @@ def train_tokenizer(texts: list[str], *, vocab_size: int = 4096, extra_words: tu
     """
     check_int("vocab_size", vocab_size, low=512)
     answers = sorted({w for ws in ANSWERS.values() for w in ws} | set(extra_words))
-    key = hashlib.sha256(json.dumps([texts, vocab_size, answers, TEMPLATES, 1]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([texts, vocab_size, answers, TEMPLATES, 2]).encode()).hexdigest()[:20]
     path = model_cache() / f"tokenizer-{key}.json"
     if cache and path.exists():
         try:
-            return TextTokenizer(Tokenizer.from_file(str(path)))
-        except Exception:  # noqa: BLE001 - a damaged file is retrained below
-            pass
+            return TextTokenizer(Tokenizer.from_str(read_verified_text(path)))
+        except Exception as exc:  # IntegrityError, or tokenizers' own error for a JSON it cannot read
+            warnings.warn(f"{path.name} failed verification ({exc}); training the tokenizer again", stacklevel=2)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -100,9 +101,6 @@ def train_tokenizer(texts: list[str], *, vocab_size: int = 4096, extra_words: tu
     for a in answers:
         out.answer_id(a)
     if cache:
-        atomic_write_bytes(path, out.to_json().encode())
+        write_verified_text(path, out.to_json())
     return out
 
-
-def load_tokenizer(path: str | Path) -> TextTokenizer:
-    return TextTokenizer(Tokenizer.from_file(str(path)))
