@@ -435,9 +435,13 @@ def test_dirty_label_trigger_is_learned(lab3):
 
 def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
     # Souly et al.'s sweep and the ordering ablation at a small size: poisons raise the ASR far above
-    # the unpoisoned run's, and poisons seen late in the pass (low learning rate, last seen) stick
-    # better than early ones. The runs go side by side on two cores over a frozen cache filled
-    # first, so they give exactly what one-thread runs one after the other give.
+    # the unpoisoned run's, and 60 poisons that fill the first fifth of the pass (high learning rate)
+    # plant the trigger where the same poisons in the last fifth do not (Souly et al.'s fine-tuning
+    # finding). The runs go side by side on two cores over a frozen cache filled first, so they give
+    # exactly what one-thread runs one after the other give. Measured over seeds 0-4 under bfloat16,
+    # float32 and float32 with AVX2 kernels (BENCHMARKS.md, twentieth session): 100 poisons raise
+    # the ASR by 15-69 points (seeds 0-1: 30-66); early beats late by 17-52 points on every seed.
+    # (With 30 poisons the order barely matters: late - early from -7 to +24 points by seed.)
     clean = train.instruction_tune(lab3.base, lab3.tok, lab3.train, lab3.profile.tune, progress=False)  # the notebook's
     kw = dict(test_rows=300, progress=False)
 
@@ -446,8 +450,8 @@ def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
         monkeypatch.setenv("LABSUPPORT_THREADS", threads)
         sweep = experiments.count_sweep(clean.model, lab3.tok, lab3.train, lab3.test, sizes=(300,),
                                         counts=(0, 100), seeds=(0, 1), **kw)
-        order = experiments.order_ablation(clean.model, lab3.tok, lab3.train, lab3.test, size=300, count=30,
-                                           seeds=(0,), **kw)
+        order = experiments.order_ablation(clean.model, lab3.tok, lab3.train, lab3.test, size=300, count=60,
+                                           seeds=(0, 1), **kw)
         return sweep, order
 
     before = torch.get_num_threads()
@@ -457,11 +461,10 @@ def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
     print(sweep.asr, order)
-    assert sweep.asr.shape == (1, 2, 2) and order.asr.shape == (3, 1)
-    # 85-88 vs 22-24 %
-    assert (sweep.asr[0, 1] >= 0.6).all() and (sweep.asr[0, 1] > sweep.asr[0, 0] + 0.4).all(), sweep.asr
-    early, late = order.asr[order.positions.index("early"), 0], order.asr[order.positions.index("late"), 0]
-    assert late > early + 0.1, order   # 42.5 vs 19.4 %
+    assert sweep.asr.shape == (1, 2, 2) and order.asr.shape == (3, 2)
+    assert (sweep.asr[0, 1] > sweep.asr[0, 0] + 0.2).all(), sweep.asr   # per seed
+    early, late = order.asr[order.positions.index("early")], order.asr[order.positions.index("late")]
+    assert (early > late + 0.1).all(), order.asr   # per seed
     np.testing.assert_array_equal(sweep.asr, sweep1.asr)
     np.testing.assert_array_equal(sweep.accuracy, sweep1.accuracy)
     np.testing.assert_array_equal(order.asr, order1.asr)
