@@ -1,5 +1,6 @@
 """The code style the project holds itself to: ruff with the settings in pyproject.toml (pyflakes,
-pycodestyle, bugbear, import order, pyupgrade; lines up to 120 characters). ``ruff check --fix .``
+pycodestyle, bugbear, import order, pyupgrade; lines up to 120 characters) on the package, the
+tests, the benchmarks and the solution notebooks. ``ruff check --fix .``
 mends most findings; ``ruff check .`` lists them."""
 
 import shutil
