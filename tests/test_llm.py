@@ -437,8 +437,9 @@ def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
     # Souly et al.'s sweep and the ordering ablation at a small size: poisons raise the ASR far above
     # the unpoisoned run's, and 60 poisons that fill the first fifth of the pass (high learning rate)
     # plant the trigger where the same poisons in the last fifth do not (Souly et al.'s fine-tuning
-    # finding). The runs go side by side on two cores over a frozen cache filled first, so they give
-    # exactly what one-thread runs one after the other give. Measured over seeds 0-4 under bfloat16,
+    # finding; here they also cost clean accuracy, CA 44-60 % against 68-77 %). The runs go side by
+    # side on two cores over a frozen cache filled first, so they give exactly what one-thread runs
+    # one after the other give. Measured over seeds 0-4 under bfloat16,
     # float32 and float32 with AVX2 kernels (BENCHMARKS.md, twentieth session): 100 poisons raise
     # the ASR by 15-69 points (seeds 0-1: 30-66); early beats late by 17-52 points on every seed.
     # (With 30 poisons the order barely matters: late - early from -7 to +24 points by seed.)
