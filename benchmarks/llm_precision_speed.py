@@ -22,11 +22,10 @@ from unittest import mock
 import torch
 from torch.nn import functional as F
 
-from labsupport import training
 from labsupport.llm import experiments as E
 from labsupport.llm import train
 from labsupport.llm.model import GPT
-from labsupport.training import configure_threads, flush_denormals
+from labsupport.training import autocast, bfloat16, configure_threads, flush_denormals
 
 
 def pretrain_run(cfg, data, held, steps: int, now: bool) -> tuple[float, float]:
@@ -41,7 +40,7 @@ def pretrain_run(cfg, data, held, steps: int, now: bool) -> tuple[float, float]:
             batch = data[torch.randint(0, len(data), (32,), generator=gen)]
             for g in opt.param_groups:
                 g["lr"] = train._lr_at(step, steps, 3e-3, 20)
-            with train.training_precision(dev) if now else training.autocast(dev):
+            with train.training_precision(dev) if now else autocast(dev):
                 logits = model(batch[:, :-1]).reshape(-1, cfg.vocab_size)
             loss = F.cross_entropy(logits if now else logits.float(), batch[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -66,7 +65,7 @@ def main() -> None:
 
     data = train.pack(lab.tok, load_vader().text, lab.base.cfg.block_size)
     data, held = data[:-300], data[-300:]
-    native = training.autocast(torch.device("cpu"))._enabled
+    native = bfloat16(torch.device("cpu"))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"native bfloat16: {native}")
     results = {"before": [], "now": []}

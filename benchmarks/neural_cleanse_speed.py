@@ -33,7 +33,7 @@ def main() -> None:
                            device=dev, progress=False)
     clean = data.x_test[:2000]
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {dev.type}, "
-          f"torch {torch.__version__}, bfloat16 autocast: {ls.training.autocast(dev)._enabled}")
+          f"torch {torch.__version__}, bfloat16 autocast: {ls.training.bfloat16(dev)}")
     for batched in (False, True):  # warm-up: the first bfloat16 steps of a process build oneDNN's kernels
         nc.reverse_engineer(model, clean, batched=batched, max_steps=5, progress=False)
     runs = {}

@@ -143,10 +143,16 @@ def autocast(dev: torch.device, enabled: bool = True):
     Lab 3's transformer (trained and scored in it) and Neural Cleanse's trigger search (its mask
     norms and flags move within their run-to-run spread, BENCHMARKS.md).
     ``enabled=False``: float32 inside, even within an enabled autocast."""
-    if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and precision() == "auto")
-    native = enabled and dev.type == "cpu" and precision() == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(native))
+    return torch.autocast("cuda" if dev.type == "cuda" else "cpu", dtype=torch.bfloat16,
+                          enabled=enabled and bfloat16(dev))
+
+
+def bfloat16(dev: torch.device) -> bool:
+    """Whether :func:`autocast` computes in bfloat16 on ``dev`` (CUDA, or a CPU with native
+    bfloat16, unless ``LABSUPPORT_PRECISION=float32``); cache keys and reports read it."""
+    if precision() != "auto":
+        return False
+    return dev.type == "cuda" or (dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .._validate import check_int, check_optimizer_settings
 from ..io import IntegrityError, load_model, save_model, tensors_sha256
 from ..paths import model_cache
-from ..training import autocast, configure_threads, flush_denormals, model_device, pick_device, side_by_side
+from ..training import autocast, bfloat16, configure_threads, flush_denormals, model_device, pick_device, side_by_side
 from .corpus import ANSWERS, TEMPLATES, Examples
 from .model import GPT, GPTConfig, Positions, math_attention
 from .tokenizer import TextTokenizer
@@ -80,8 +80,8 @@ def training_precision(dev: torch.device):
     """A training step's arithmetic: :func:`autocast`, and on a CPU under bfloat16 the math
     attention backend (25 % faster there than the CPU flash kernel for these short windows)."""
     with contextlib.ExitStack() as stack:
-        ac = stack.enter_context(autocast(dev))
-        if dev.type == "cpu" and ac._enabled:
+        stack.enter_context(autocast(dev))
+        if dev.type == "cpu" and bfloat16(dev):
             stack.enter_context(math_attention())
         yield
 
@@ -100,8 +100,8 @@ def pretrain(tok: TextTokenizer, texts: list[str], config: GPTConfig = GPTConfig
     dev = pick_device(device)
     torch.manual_seed(train.seed)
     model = GPT(config).to(dev)
-    key = _digest(config.to_dict(), train.__dict__, tok.to_json(), texts, str(autocast(dev).fast_dtype)
-                  if autocast(dev)._enabled else "fp32", "bf16-loss")
+    key = _digest(config.to_dict(), train.__dict__, tok.to_json(), texts,
+                  str(torch.bfloat16) if bfloat16(dev) else "fp32", "bf16-loss")
     path = model_cache() / f"gpt-pretrain-{key}.safetensors"
     if cache and path.exists():
         try:
@@ -412,7 +412,7 @@ def _tune_path(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfi
     key = _digest(tensors_sha256(base.state_dict()), hashlib.sha256(tok.to_json().encode()).hexdigest(),
                   list(train.task), list(train.text), np.asarray(train.template).tolist(), list(train.target),
                   config.__dict__, None if order is None else np.asarray(order).tolist(), dev.type,
-                  "bf16" if autocast(dev)._enabled else "fp32")
+                  "bf16" if bfloat16(dev) else "fp32")
     return model_cache() / f"gpt-tune-{key}.safetensors"
 
 
