@@ -613,7 +613,7 @@ def test_precision_can_be_forced_to_float32(monkeypatch):
     monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
     with train.training_precision(cpu):
         assert torch.nn.functional.linear(torch.randn(2, 16), torch.randn(16, 16)).dtype == torch.float32
-    assert not training.autocast(torch.device("cuda"))._enabled
+    assert not training.bfloat16(torch.device("cuda")) and not training.bfloat16(cpu)
     monkeypatch.setenv("LABSUPPORT_PRECISION", "bf16")
     with pytest.raises(ValueError, match="LABSUPPORT_PRECISION='bf16'.*'auto', 'float32'"):
         training.autocast(cpu)
