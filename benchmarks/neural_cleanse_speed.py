@@ -43,7 +43,8 @@ def main() -> None:
         runs[name] = rev
         low = int(rev.norms.argmin())
         print(f"{name:15s} {rev.seconds:6.1f} s, {int(rev.steps.sum())} label-steps, smallest norm: label "
-              f"{low} (index {float(rev.anomaly[low]):.2f}), flagged {rev.flagged()}")
+              f"{low} (index {float(rev.anomaly[low]):.2f}; flagged below norm {rev.flag_bound(low):.1f}, its norm "
+              f"{float(rev.norms[low]):.1f}), flagged {rev.flagged()}")
     print(f"speedup: {runs['label by label'].seconds / runs['batched'].seconds:.1f}x")
 
 

@@ -30,6 +30,36 @@ def test_anomaly_index_matches_hand_computation():
         nc.flag_labels(torch.tensor([10.0, float("nan"), 52.0, 55.0]))
 
 
+def test_flag_bound_is_where_flagging_starts():
+    """Under the bound the label is flagged, at or over it not - whatever the other norms."""
+    norms = torch.tensor([10.0, 50.0, 52.0, 55.0, 60.0])
+    # label 0 below all others: median 52, deviations 2, 0, 3, 8 and its own -> MAD 3
+    assert nc.flag_bound(norms, 0) == pytest.approx(52 - 2 * 1.4826 * 3)
+    # the reference model's norms (BENCHMARKS.md): even a zero-norm trigger for label 9 scores 2.19
+    ref = torch.tensor([60.8, 41.9, 52.8, 61.9, 91.5, 81.1, 35.4, 144.4, 36.6, 11.0], dtype=torch.float64)
+    assert nc.flag_bound(ref, 9) == pytest.approx(52.8 - 2 * 1.4826 * 16.2, abs=1e-9)
+    assert nc.flag_bound(ref, 9, threshold=2.5) < 0          # no trigger for 9 can pass index 2.5 here
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = torch.tensor(rng.lognormal(4, rng.uniform(0.1, 1.0), size=int(rng.integers(3, 12))))
+        label, t = int(rng.integers(len(n))), float(rng.uniform(1.0, 4.0))
+        bound = nc.flag_bound(n, label, t)
+        for x in (bound - 1e-6, bound + 1e-6, bound / 2, bound + 5.0, 0.0):
+            if x < 0:
+                continue
+            m = n.clone()
+            m[label] = x
+            assert (label in nc.flag_labels(m, t)) == (x < bound), (n, label, t, bound, x)
+    with pytest.raises(ValueError, match="label=10 is out of range"):
+        nc.flag_bound(ref, 10)
+    with pytest.raises(ValueError, match="threshold=0.5 is out of range"):
+        nc.flag_bound(ref, 9, threshold=0.5)
+    with pytest.raises(ValueError, match=r"norms must be mask L1 norms \(>= 0\)"):
+        nc.flag_bound(torch.tensor([-1.0, 2.0, 3.0]), 0)
+    with pytest.raises(ValueError, match="norms must be finite"):
+        nc.flag_bound(torch.tensor([1.0, float("inf"), 3.0]), 0)
+
+
 def test_detection_evaluate_counts():
     det = Detection("t", torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([True, True, False, False]))
     out = det.evaluate(torch.tensor([True, False, False, False]))

@@ -53,6 +53,24 @@ def flag_labels(norms: torch.Tensor, threshold: float = 2.0) -> list[int]:
     return [int(k) for k in torch.nonzero((norms < norms.median()) & (idx > threshold)).flatten()]
 
 
+def flag_bound(norms: torch.Tensor, label: int, threshold: float = 2.0) -> float:
+    """The largest mask norm ``label`` could have and still be flagged, the other labels' norms as
+    they are: ``median - threshold * 1.4826 * MAD``, both taken with ``label``'s norm below all the
+    others. Exact: for any norm of ``label`` under the bound the median and the MAD are these, so
+    its index exceeds ``threshold``; at or above it, it does not. A bound <= 0 says that no trigger
+    for that label, however small, can be flagged - the clean labels' norms spread too widely."""
+    norms = torch.as_tensor(norms, dtype=torch.float64)
+    anomaly_index(norms)  # the same checks on norms
+    if (norms < 0).any():
+        raise ValueError(f"norms must be mask L1 norms (>= 0), got {norms.tolist()}")
+    check_int("label", label, low=0, high=norms.numel() - 1)
+    check_float("threshold", threshold, low=1.0)   # below 1/1.4826 the label's own deviation moves the MAD
+    low = norms.clone()
+    low[label] = -1.0   # below every other norm: where the label sits whenever it could be flagged
+    med = low.median()
+    return float(med - threshold * MAD_CONSTANT * (low - med).abs().median())
+
+
 @dataclass
 class ReversedTriggers:
     """What Neural Cleanse recovered for each label."""
@@ -70,6 +88,10 @@ class ReversedTriggers:
 
     def flagged(self, threshold: float = 2.0) -> list[int]:
         return flag_labels(self.norms, threshold)
+
+    def flag_bound(self, label: int, threshold: float = 2.0) -> float:
+        """:func:`flag_bound`: the largest norm of ``label``'s mask that would be flagged."""
+        return flag_bound(self.norms, label, threshold)
 
     def apply(self, label: int, x: torch.Tensor) -> torch.Tensor:
         """Stamp the reversed trigger of ``label`` on images ``x``."""
