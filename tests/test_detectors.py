@@ -60,6 +60,36 @@ def test_flag_bound_is_where_flagging_starts():
         nc.flag_bound(torch.tensor([1.0, float("inf"), 3.0]), 0)
 
 
+def test_reclassification_verdict_on_synthetic_blobs():
+    """Four classes, each a tight pixel blob; 30 images of classes 0-2 relabelled 3 form class 3's
+    second cluster. Left out, the relabelled images are called 0, 1 and 2 by their neighbours (own
+    share 0, no label over a third); half of class 3's genuine images, left out, are still called 3
+    (left out whole, no genuine 3 would remain to be near; on real data such a bulk cluster's
+    neighbours are mostly one other class, so the "no label over 30 %" half of the rule keeps it)."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(4, 1, 8, 8, generator=g)
+    x = (centres.repeat_interleave(100, 0) + 0.02 * torch.randn(400, 1, 8, 8, generator=g)).clamp(0, 1)
+    y = torch.arange(4).repeat_interleave(100)
+    moved = torch.cat([torch.arange(10), torch.arange(100, 110), torch.arange(200, 210)])
+    y[moved] = 3
+    nb = clustering.PixelNeighbours(x, y, dims=8, k=5)
+    own, top = nb.verdict(moved.numpy(), 3)
+    assert own == 0.0 and top == pytest.approx(1 / 3)
+    genuine = torch.arange(300, 350).numpy()
+    assert nb.verdict(genuine, 3)[0] == 1.0
+
+
+def test_activation_clustering_rejects_bad_reclassification_settings():
+    model = ls.build_model("mlp", (1, 28, 28))
+    x, y = torch.rand(40, 1, 28, 28), torch.arange(10).repeat(4)
+    with pytest.raises(ValueError, match="start='best'"):
+        clustering.activation_clustering(model, x, y, start="best")
+    with pytest.raises(ValueError, match="reclassify_own=0"):
+        clustering.activation_clustering(model, x, y, rule="reclassify", reclassify_own=0)
+    with pytest.raises(ValueError, match="reclassify_top=1.5"):
+        clustering.activation_clustering(model, x, y, rule="reclassify", reclassify_top=1.5)
+
+
 def test_detection_evaluate_counts():
     det = Detection("t", torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([True, True, False, False]))
     out = det.evaluate(torch.tensor([True, False, False, False]))
@@ -284,6 +314,27 @@ def test_activation_clustering_finds_the_patch_poisons(reference_seeds):
     logits = clustering.activation_clustering(model, poisoned.x, poisoned.y, layer="logits", rule="size",
                                               weighted=False).evaluate(poisoned.mask)
     assert logits["f1"] < 0.3, logits
+
+
+@pytest.mark.slow
+def test_activation_clustering_by_reclassification_meets_the_recall_target(reference_seeds):
+    """Issue 8's recall >= 0.8 at 1 %: the unweighted penultimate layer, the largest-separation
+    2-means split and the reclassification verdict. Measured on these three models: recall 0.90 /
+    0.96 / 0.97 (bfloat16-capable CPU) and 0.99 / 0.97 / 0.78 (float32, AVX2 kernels), precision
+    >= 0.99, only class 9 flagged. Over twenty training seeds recall is 0.75-0.995 (>= 0.8 on 19 of
+    20); 2-means can leave up to a quarter of the poisons in the clean cluster, so recall >= 0.8 is
+    asserted on two models of three. No clean class was flagged on any infected or clean model
+    (BENCHMARKS.md, twenty-first session)."""
+    models, poisoned = reference_seeds
+    recalls = []
+    for model in models:
+        det = clustering.activation_clustering(model, poisoned.x, poisoned.y, weighted=False, start="separation",
+                                               rule="reclassify")
+        out = det.evaluate(poisoned.mask)
+        recalls.append(out["recall"])
+        assert out["recall"] >= 0.7 and out["precision"] >= 0.95, out
+        assert [c for c, v in det.info["classes"].items() if v["poisoned"]] == [9], det.info["classes"]
+    assert sum(r >= 0.8 for r in recalls) >= 2, recalls
 
 
 @pytest.mark.slow

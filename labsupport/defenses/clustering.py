@@ -14,6 +14,22 @@ Per class: the activations at ``layer``, reduced to ``dims`` dimensions (FastICA
   poison, and unlike the silhouette it is not diluted by the other reduced dimensions. The
   threshold was chosen on BadNets and blended models (seeds 0-1) and kept for every other attack.
 
+* ``"reclassify"`` - exclusionary reclassification (Chen et al.), with a classifier that cannot
+  learn the trigger: each of the two clusters is taken out of the training set and its images are
+  labelled by their nearest neighbours among the rest, in pixel space (PCA to 50 dimensions,
+  10 neighbours). A legitimate cluster is still called its class there, or at least one other
+  class (a sub-mode that resembles a neighbouring class). A cluster of relabelled images from
+  across the dataset is neither: flagged when fewer than ``reclassify_own`` (10 %) of its images
+  get their own label and no other label takes ``reclassify_top`` (30 %) or more. It judges both
+  clusters, so it also works when half of a class is poison. Retraining the network instead (the
+  paper's check) fails here, because the poisons k-means leaves in the other cluster teach the
+  retrained network the trigger again; a 4x4 patch barely moves a pixel-space neighbour.
+
+``start``: k-means from ten starts, keeping the split with the lowest inertia (``"inertia"``,
+scikit-learn's rule) or the largest separation (``"separation"``). On Fashion-MNIST's BadNets 1 %
+models, the lowest-inertia split of class 9 follows a natural mode in about one training seed in
+five, while the largest-separation split isolates the poisons (BENCHMARKS.md).
+
 ``weighted=True`` multiplies each penultimate activation by its weight into the class's logit
 (the unit's contribution to the class score), which concentrates the analysis on the units that
 decide the class - the trigger's units among them.
@@ -34,8 +50,9 @@ from torch import nn
 from .._validate import check_choice, check_float, check_int
 from .common import Detection, activations, check_classes, check_data, one_thread
 
-RULES = ("size", "silhouette", "separation")
+RULES = ("size", "silhouette", "separation", "reclassify")
 REDUCTIONS = ("ica", "pca", "none")
+STARTS = ("inertia", "separation")
 
 
 def reduce(features: np.ndarray, method: str = "ica", dims: int = 10, seed: int = 0) -> np.ndarray:
@@ -69,10 +86,56 @@ def separation(z: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> float:
     return float((a.mean() - b.mean()) ** 2 / (a.var() + b.var() + 1e-12))
 
 
+class PixelNeighbours:
+    """Nearest-neighbour labels in pixel space (PCA to ``dims`` dimensions, fitted on up to 10,000
+    rows) for :func:`activation_clustering`'s ``"reclassify"`` rule."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, dims: int = 50, k: int = 10, seed: int = 0):
+        flat = x.reshape(len(x), -1).float().cpu().numpy()
+        rng = np.random.default_rng(seed)
+        fit = flat[rng.choice(len(flat), min(len(flat), 10_000), replace=False)]
+        pca = PCA(min(dims, *fit.shape), random_state=seed).fit(fit)
+        self.z = torch.from_numpy(pca.transform(flat).astype(np.float32))
+        self.sq = (self.z * self.z).sum(1)
+        self.y, self.k = y.cpu().numpy(), k
+        self.classes = int(self.y.max()) + 1
+
+    def labels(self, rows: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """The majority label of each row's ``k`` nearest neighbours among the rows not in ``exclude``."""
+        keep = np.ones(len(self.y), dtype=bool)
+        keep[exclude] = False
+        ref = np.flatnonzero(keep)
+        zr, sr, yr = self.z[ref], self.sq[ref], self.y[ref]
+        k = min(self.k, len(ref))
+        out = []
+        for s in range(0, len(rows), 2048):
+            q = self.z[rows[s:s + 2048]]
+            d = sr[None] - 2 * q @ zr.T          # + |q|^2, the same for every neighbour of a row
+            near = yr[torch.topk(d, k, largest=False).indices.numpy()]                 # [rows, k]
+            out.append((near[:, :, None] == np.arange(self.classes)).sum(1).argmax(1))  # majority, ties low
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def verdict(self, rows: np.ndarray, label: int) -> tuple[float, float]:
+        """(share of ``rows`` labelled ``label``, largest share of any other label), ``rows`` left out."""
+        pred = self.labels(rows, rows)
+        counts = np.bincount(pred, minlength=self.classes)
+        own = counts[label] / len(rows)
+        counts[label] = 0
+        return float(own), float(counts.max() / len(rows))
+
+
+def _two_means(z: np.ndarray, start: str, seed: int) -> KMeans:
+    if start == "inertia":
+        return KMeans(2, n_init=10, random_state=seed).fit(z)
+    runs = [KMeans(2, n_init=1, random_state=seed + r).fit(z) for r in range(10)]
+    return max(runs, key=lambda km: separation(z, km.labels_, km.cluster_centers_))
+
+
 def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: str = "penultimate",
                           weighted: bool = True, method: str = "ica", dims: int = 10, rule: str = "separation",
                           size_threshold: float = 0.35, silhouette_threshold: float = 0.15,
-                          separation_threshold: float = 12.0, classes: list[int] | None = None,
+                          separation_threshold: float = 12.0, reclassify_own: float = 0.1,
+                          reclassify_top: float = 0.3, start: str = "inertia", classes: list[int] | None = None,
                           seed: int = 0) -> Detection:
     """Activation clustering of the training set (x, y) through ``model``.
 
@@ -81,7 +144,9 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             ``"penultimate"`` (default), ``"input"`` (clustering raw pixels), ``"logits"`` ...
         weighted: with ``layer="penultimate"``, multiply each unit by its weight into the class logit.
         method, dims: the reduction (``"ica"``, ``"pca"`` or ``"none"``) and its dimension.
-        rule: ``"separation"`` (default), ``"size"`` or ``"silhouette"`` (module docstring).
+        rule: ``"separation"`` (default), ``"size"``, ``"silhouette"`` or ``"reclassify"`` (module
+            docstring; ``reclassify_own`` and ``reclassify_top`` are its two shares).
+        start: ``"inertia"`` (default) or ``"separation"``: which of ten k-means starts is kept.
         classes: the labels to analyse (default: all).
 
     Returns:
@@ -96,6 +161,9 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     size_threshold = check_float("size_threshold", size_threshold, low=0.0, high=0.5, low_open=True)
     check_float("silhouette_threshold", silhouette_threshold, low=-1.0, high=1.0)
     check_float("separation_threshold", separation_threshold, low=0.0)
+    check_float("reclassify_own", reclassify_own, low=0.0, high=1.0, low_open=True)
+    check_float("reclassify_top", reclassify_top, low=0.0, high=1.0, low_open=True)
+    check_choice("start", start, STARTS)
     classes = check_classes(y, classes, min_rows=max(dims, 4))
     feats = activations(model, x, layer).numpy()
     if weighted and layer == "penultimate":
@@ -103,6 +171,7 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     scores = torch.full((len(y),), -1.0, dtype=torch.float64)
     flags = torch.zeros(len(y), dtype=torch.bool)
     per_class, embedding = {}, {}
+    neighbours = PixelNeighbours(x, y, seed=seed) if rule == "reclassify" else None
     with one_thread():
         for c in classes:
             rows = torch.nonzero(y == c).flatten()
@@ -110,7 +179,7 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             if weighted and layer == "penultimate":
                 f = f * head[c]
             z = reduce(f, method, dims, seed)
-            km = KMeans(2, n_init=10, random_state=seed).fit(z)
+            km = _two_means(z, start, seed)
             lab = km.labels_
             sizes = np.bincount(lab, minlength=2)
             sample = min(len(z), 2000)
@@ -118,16 +187,28 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             share = sizes / sizes.sum()
             suspect = int(np.argmin(sizes))
             sep = separation(z, lab, km.cluster_centers_)
-            poisoned = {"size": share[suspect] < size_threshold, "silhouette": sil >= silhouette_threshold,
-                        "separation": sep >= separation_threshold}[rule]
+            reclassified = None
+            if rule == "reclassify":   # both clusters judged; the suspect is a flagged one if any
+                reclassified = [neighbours.verdict(rows.numpy()[lab == k], c) if sizes[k] else (1.0, 0.0)
+                                for k in (0, 1)]
+                bad = [own < reclassify_own and top < reclassify_top for own, top in reclassified]
+                suspect = bad.index(True) if any(bad) else suspect
+                poisoned = any(bad)
+            else:
+                poisoned = {"size": share[suspect] < size_threshold, "silhouette": sil >= silhouette_threshold,
+                            "separation": sep >= separation_threshold}[rule]
             d = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
             rel = (d[:, 1 - suspect] - d[:, suspect]) / (d.sum(1) + 1e-12)
             scores[rows] = torch.from_numpy(rel.astype(np.float64)) + (2.0 if poisoned else 0.0)
             if poisoned:
-                flags[rows[torch.from_numpy(lab == suspect)]] = True
+                flagged = (lab == suspect) if rule != "reclassify" else np.isin(lab, [k for k in (0, 1) if bad[k]])
+                flags[rows[torch.from_numpy(flagged)]] = True
             per_class[c] = {"sizes": sizes.tolist(), "silhouette": sil, "separation": sep,
                             "suspect": suspect, "poisoned": bool(poisoned)}
+            if reclassified is not None:
+                per_class[c]["reclassified"] = reclassified   # (own share, top other share) per cluster
             embedding[c] = (z[:, :2], lab == suspect)
     how = f"{layer}, weighted" if weighted and layer == "penultimate" else layer
-    name = f"activation clustering ({how}, {method}, {rule})"
+    start_note = ", largest-separation start" if start != "inertia" else ""
+    name = f"activation clustering ({how}, {method}, {rule}{start_note})"
     return Detection(name, scores, flags, {"classes": per_class, "embedding": embedding})
