@@ -306,9 +306,10 @@ def test_activation_clustering_finds_the_patch_poisons(reference_seeds):
     # precision 0.26-0.30, AUROC 0.80): training seeds 5-9 on this CPU, and training seed 1 on a
     # CPU without AVX-512 (BENCHMARKS.md, fourteenth session). Seeds 0-2 here: none.
     assert found >= 2, seen
-    # what these seeds do not give reliably is the recall >= 0.8 at 1 %: k-means leaves
+    # what this default does not give reliably is the recall >= 0.8 at 1 %: k-means leaves
     # 2-24 % of the poisons in the clean cluster, and the separation rule's verdict on class 9
-    # (Fisher's ratio 9.8-18.6 over five seeds, threshold 12) flags it in two of five (BENCHMARKS.md)
+    # (Fisher's ratio 9.8-18.6 over five seeds, threshold 12) flags it in two of five (BENCHMARKS.md);
+    # the reclassification verdict does (next test)
     model = models[0]
     # the toolkit default (logit layer, smaller cluster < 35 %) is near chance here
     logits = clustering.activation_clustering(model, poisoned.x, poisoned.y, layer="logits", rule="size",
