@@ -45,6 +45,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
+from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from .._validate import check_choice, check_float, check_int
@@ -95,25 +96,19 @@ class PixelNeighbours:
         rng = np.random.default_rng(seed)
         fit = flat[rng.choice(len(flat), min(len(flat), 10_000), replace=False)]
         pca = PCA(min(dims, *fit.shape), random_state=seed).fit(fit)
-        self.z = torch.from_numpy(pca.transform(flat).astype(np.float32))
-        self.sq = (self.z * self.z).sum(1)
+        self.z = pca.transform(flat).astype(np.float32)
         self.y, self.k = y.cpu().numpy(), k
         self.classes = int(self.y.max()) + 1
 
     def labels(self, rows: np.ndarray, exclude: np.ndarray) -> np.ndarray:
-        """The majority label of each row's ``k`` nearest neighbours among the rows not in ``exclude``."""
+        """The majority label of each row's ``k`` nearest neighbours among the rows not in ``exclude``
+        (scikit-learn's brute-force search, in memory-bounded chunks)."""
         keep = np.ones(len(self.y), dtype=bool)
         keep[exclude] = False
-        ref = np.flatnonzero(keep)
-        zr, sr, yr = self.z[ref], self.sq[ref], self.y[ref]
-        k = min(self.k, len(ref))
-        out = []
-        for s in range(0, len(rows), 2048):
-            q = self.z[rows[s:s + 2048]]
-            d = sr[None] - 2 * q @ zr.T          # + |q|^2, the same for every neighbour of a row
-            near = yr[torch.topk(d, k, largest=False).indices.numpy()]                 # [rows, k]
-            out.append((near[:, :, None] == np.arange(self.classes)).sum(1).argmax(1))  # majority, ties low
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        if not len(rows) or not keep.any():
+            return np.zeros(len(rows), dtype=np.int64)
+        knn = KNeighborsClassifier(min(self.k, int(keep.sum())), algorithm="brute")
+        return knn.fit(self.z[keep], self.y[keep]).predict(self.z[rows])
 
     def verdict(self, rows: np.ndarray, label: int) -> tuple[float, float]:
         """(share of ``rows`` labelled ``label``, largest share of any other label), ``rows`` left out."""

@@ -34,13 +34,18 @@ from .common import check_data, model_device
 MAD_CONSTANT = 1.4826  # makes the MAD a consistent estimator of a normal's standard deviation
 
 
-def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
-    """|norm - median| / (1.4826 * MAD) for each label."""
+def _check_norms(norms) -> torch.Tensor:
     norms = torch.as_tensor(norms, dtype=torch.float64)
     if norms.numel() < 3:
         raise ValueError(f"the anomaly index needs at least 3 labels, got {norms.numel()}")
     if not torch.isfinite(norms).all():
         raise ValueError(f"norms must be finite mask norms, got {norms.tolist()}")
+    return norms
+
+
+def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
+    """|norm - median| / (1.4826 * MAD) for each label."""
+    norms = _check_norms(norms)
     med = norms.median()
     mad = MAD_CONSTANT * (norms - med).abs().median()
     return (norms - med).abs() / mad.clamp_min(1e-12)
@@ -59,8 +64,7 @@ def flag_bound(norms: torch.Tensor, label: int, threshold: float = 2.0) -> float
     others. Exact: for any norm of ``label`` under the bound the median and the MAD are these, so
     its index exceeds ``threshold``; at or above it, it does not. A bound <= 0 says that no trigger
     for that label, however small, can be flagged - the clean labels' norms spread too widely."""
-    norms = torch.as_tensor(norms, dtype=torch.float64)
-    anomaly_index(norms)  # the same checks on norms
+    norms = _check_norms(norms)
     if (norms < 0).any():
         raise ValueError(f"norms must be mask L1 norms (>= 0), got {norms.tolist()}")
     check_int("label", label, low=0, high=norms.numel() - 1)
