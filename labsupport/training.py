@@ -74,17 +74,24 @@ def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, devic
     """Run independent ``jobs`` and return their results in order. Each job is called with an
     ``advance(n)`` callback that moves the shared progress bar (of ``total``) on by ``n``.
 
-    On a CPU with k >= 2 cores (:func:`cores`) up to k jobs run at once in Python threads, each with
-    k // (jobs at once) intra-op threads: the Lab 3 transformer's small ops use two cores at only
-    ~1.35x the speed of one, so two tunings side by side finish ~1.4x sooner than one after the
-    other (BENCHMARKS.md). The arithmetic is that of a one-thread run, so a model trained this way
-    differs from one trained on all cores as models trained on two CPUs do (a few tenths of a point
-    in Lab 3's numbers). Elsewhere (CUDA, one core, one job, ``parallel=False``) one after the
-    other. Jobs run side by side must not draw from torch's global random generator (the order of
-    draws between threads is not fixed). An exception in a job, or an interrupt, stops the other
-    jobs at their next ``advance`` (the queued ones never start) and is raised here."""
+    On a CPU with k >= 2 cores (:func:`cores`) the jobs run in Python threads, each with
+    max(1, k // (jobs at once)) intra-op threads: all of them at once when there are at most 2k,
+    else k at a time. The Lab 3 transformer's small ops use two cores at only ~1.35x the speed of
+    one, so two tunings side by side finish ~1.4x sooner than one after the other; three at once
+    on two cores (the OS shares the cores between them) finish ~1.2x sooner than two side by side
+    and then the third alone (BENCHMARKS.md). On two cores every job so runs on one intra-op
+    thread: the arithmetic is that of a one-thread run however the OS schedules the threads, and a
+    model trained this way differs from one trained on all cores as models trained on two CPUs do
+    (a few tenths of a point in Lab 3's numbers). Elsewhere (CUDA, one core, one job,
+    ``parallel=False``) one after the other. Jobs run side by side must not draw from torch's
+    global random generator (the order of draws between threads is not fixed). An exception in a
+    job, or an interrupt, stops the other jobs at their next ``advance`` (the queued ones never
+    start) and is raised here."""
     global _PINNED
-    workers = min(len(jobs), cores()) if parallel and device.type == "cpu" and _PINNED is None else 1
+    k = cores()
+    workers = 1
+    if parallel and device.type == "cpu" and _PINNED is None and k >= 2:
+        workers = len(jobs) if len(jobs) <= 2 * k else k
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     if workers < 2:
         try:
@@ -104,7 +111,7 @@ def side_by_side(jobs: list[Callable[[Callable[[int], None]], object]], *, devic
         return job(advance)
 
     before = torch.get_num_threads()
-    _PINNED = max(1, cores() // workers)
+    _PINNED = max(1, k // workers)
     torch.set_num_threads(_PINNED)
     pool = ThreadPoolExecutor(workers)
     try:

@@ -628,15 +628,16 @@ def test_tune_many_is_instruction_tune_on_each_set(tok, tmp_path, monkeypatch):
     base = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_embd=32, n_head=2))
     sets = [_examples(48), _examples(40).replace(target=["negative"] * 40)]
     cfg = train.TuneConfig(epochs=2, batch_size=16, train_top=2)
+    cfgs = [cfg, replace(cfg, epochs=3)]   # one config per set
     steps = []
     monkeypatch.setattr(train, "side_by_side", _counting(train.side_by_side, steps))
-    together = train.tune_many(base, tok, sets, cfg, progress=False)
-    assert steps == [sum(train.tune_steps(len(s), cfg) for s in sets)]
+    together = train.tune_many(base, tok, sets, cfgs, progress=False)
+    assert steps == [train.tune_steps(48, cfg) + train.tune_steps(40, cfgs[1])]
     before = torch.get_num_threads()
     monkeypatch.setenv("LABSUPPORT_THREADS", "1")
     try:
-        for ex, model in zip(sets, together):
-            alone = train.instruction_tune(base, tok, ex, cfg, reuse=False, progress=False)
+        for ex, c, model in zip(sets, cfgs, together):
+            alone = train.instruction_tune(base, tok, ex, c, reuse=False, progress=False)
             for a, b in zip(model.model.state_dict().values(), alone.model.state_dict().values()):
                 assert torch.equal(a, b)
     finally:
@@ -644,6 +645,21 @@ def test_tune_many_is_instruction_tune_on_each_set(tok, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 2   # the same entries tune() would load
     with pytest.raises(ValueError, match=r"sets\[1\] must be a non-empty Examples"):
         train.tune_many(base, tok, [sets[0], []], cfg, progress=False)
+    with pytest.raises(TypeError, match=r"config must be a TuneConfig or one per set \(2\)"):
+        train.tune_many(base, tok, sets, [cfg], progress=False)
+
+
+def test_lab_tune_many_takes_one_value_per_set_from_a_list(monkeypatch):
+    """``lab.tune_many(a, b, epochs=[3, 4])``: a list gives each set its own value, anything
+    else is shared; a list of the wrong length is refused."""
+    profile = experiments.lab3_profile("quick")
+    lab = experiments.Lab3(profile, corpus=None, tok="tok", base="base")
+    seen = []
+    monkeypatch.setattr(experiments, "tune_many", lambda base, tok, sets, configs: seen.append(configs) or sets)
+    assert lab.tune_many("a", "b", epochs=[3, 4], lr=1e-3) == ["a", "b"]
+    assert seen[0] == [replace(profile.tune, epochs=3, lr=1e-3), replace(profile.tune, epochs=4, lr=1e-3)]
+    with pytest.raises(ValueError, match="epochs has 1 values for 2 sets"):
+        lab.tune_many("a", "b", epochs=[3])
 
 
 def _counting(side_by_side, steps):

@@ -153,6 +153,37 @@ def test_side_by_side_splits_the_cores_between_jobs(monkeypatch, restore_threads
     assert torch.get_num_threads() == 2 and training._PINNED is None          # restored afterwards
 
 
+def test_side_by_side_runs_up_to_twice_the_cores_at_once(monkeypatch, restore_threads):
+    """Three jobs on two cores all run at once, one intra-op thread each (no third job left alone
+    at the end); five run two at a time."""
+    import threading
+    monkeypatch.setenv("LABSUPPORT_THREADS", "2")
+    ls.configure_threads()
+    seen = []
+    barrier = threading.Barrier(3)   # times out if any of the three waited for another to finish
+    out = training.side_by_side([_probe_job(barrier, seen, v) for v in "abc"], device=torch.device("cpu"),
+                                total=6, desc="t", progress=False)
+    assert out == ["a", "b", "c"] and len({t for t, _ in seen}) == 3 and all(n == 1 for _, n in seen)
+    seen.clear()
+    running, most, lock = [0], [0], threading.Lock()
+
+    def counted(job):
+        def run(advance):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            import time
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            return job(advance)
+        return run
+    out = training.side_by_side([counted(_probe_job(None, seen, v)) for v in "abcde"], device=torch.device("cpu"),
+                                total=10, desc="t", progress=False)
+    assert out == list("abcde") and most[0] == 2 and all(n == 1 for _, n in seen)
+    assert torch.get_num_threads() == 2 and training._PINNED is None
+
+
 @pytest.mark.parametrize("threads, device", [("1", "cpu"), ("2", "cuda")])
 def test_side_by_side_runs_one_after_the_other_on_one_core_or_a_gpu(monkeypatch, restore_threads, threads, device):
     import threading

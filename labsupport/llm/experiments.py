@@ -438,8 +438,14 @@ class Lab3:
         return instruction_tune(self.base, self.tok, examples, cfg, desc="instruction-tune")
 
     def tune_many(self, *sets: Examples, **changes) -> list[InstructionModel]:
-        """:meth:`tune` on each set, side by side on a multi-core CPU (:func:`train.tune_many`)."""
-        return tune_many(self.base, self.tok, list(sets), replace(self.profile.tune, **changes))
+        """:meth:`tune` on each set, side by side on a multi-core CPU (:func:`train.tune_many`). A
+        change given as a list has one value per set: ``tune_many(a, b, epochs=[3, 4])``."""
+        for name, value in changes.items():
+            if isinstance(value, list) and len(value) != len(sets):
+                raise ValueError(f"{name} has {len(value)} values for {len(sets)} sets: give one per set")
+        configs = [replace(self.profile.tune, **{k: v[i] if isinstance(v, list) else v for k, v in changes.items()})
+                   for i in range(len(sets))]
+        return tune_many(self.base, self.tok, list(sets), configs)
 
 
 def setup(profile: str = "full", *, progress: bool = True) -> Lab3:
