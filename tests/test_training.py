@@ -157,6 +157,7 @@ def test_side_by_side_runs_up_to_twice_the_cores_at_once(monkeypatch, restore_th
     """Three jobs on two cores all run at once, one intra-op thread each (no third job left alone
     at the end); five run two at a time."""
     import threading
+    import time
     monkeypatch.setenv("LABSUPPORT_THREADS", "2")
     ls.configure_threads()
     seen = []
@@ -172,7 +173,6 @@ def test_side_by_side_runs_up_to_twice_the_cores_at_once(monkeypatch, restore_th
             with lock:
                 running[0] += 1
                 most[0] = max(most[0], running[0])
-            import time
             time.sleep(0.05)
             with lock:
                 running[0] -= 1
