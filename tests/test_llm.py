@@ -304,6 +304,17 @@ def test_loss_gap_ranks_rows_the_trained_model_fits_but_trusted_scorers_do_not()
         filters.loss_gap([trusted[0][:50]], trained)
     with pytest.raises(ValueError, match="finite"):
         filters.loss_gap([np.r_[np.nan, trusted[0][1:]]], trained)
+    # two tasks, the second one harder for the trusted scorer (every loss 10 higher): ranked over
+    # all rows, its ordinary rows outrank the first task's poisons; ranked within each task, not
+    task = np.repeat(["a", "b"], 100)
+    hard = rng.uniform(1, 3, 200)
+    trusted, trained = hard + 10 * (task == "b"), hard.copy()
+    trusted[:5] += 5
+    trained[:5] = 0.01
+    assert set(np.argsort(-filters.loss_gap([trusted], trained))[:5]) != set(range(5))
+    assert set(np.argsort(-filters.loss_gap([trusted], trained, groups=task))[:5]) == set(range(5))
+    with pytest.raises(ValueError, match="groups must have one label per row"):
+        filters.loss_gap([trusted], trained, groups=task[:10])
 
 
 def test_tfidf_losses_score_each_rows_target_answer():
@@ -316,6 +327,10 @@ def test_tfidf_losses_score_each_rows_target_answer():
     rows = ex(["lovely great", "lovely great", "awful dull"], [1, 1, 0], ["positive", "negative", "negative"])
     loss = experiments.tfidf_losses(trusted, rows)
     assert loss[1] > loss[0] + 0.5 and loss[2] < loss[1]   # a positive text answered "negative" is costly
+    chars = experiments.tfidf_losses(trusted, rows, features="chars")   # on character n-grams: the same
+    assert chars[1] > chars[0] + 0.5 and chars[2] < chars[1]
+    with pytest.raises(ValueError, match="features.*'words', 'chars'"):
+        experiments.tfidf_losses(trusted, rows, features="bigrams")
     with pytest.raises(ValueError, match="not among its answers"):
         experiments.tfidf_losses(trusted, ex(["great"], [1], ["gibberish words"]))
     with pytest.raises(ValueError, match="at least two different answers"):
@@ -377,18 +392,20 @@ def test_dirty_label_trigger_is_learned(lab3):
     assert r_dirty.asr >= 0.9 and r_dirty.asr > r_clean.asr + 0.3, (r_clean, r_dirty)
     # loss filtering, dropping 10 % of the data: the poisoned model has learned its poisons, so they
     # hide among low losses; a scorer tuned on the trusted validation split knows the task without
-    # the trigger and finds more than 10 %; the clean model (an oracle) bounds it. The rank gap's
-    # share moves with the pre-training run and the CPU's arithmetic: 62 / 40 / 51 % for pre-training
-    # seeds 0 / 1 / 2 under bfloat16, 57 % (float32) and 47.5 % (float32 without AVX-512) for seed 0
-    # (BENCHMARKS.md): issue 7's ">= 50 %" holds on three runs of five, so it is reported, not asserted;
-    # what holds on all five is asserted - three times random dropping, and more than any single scorer
+    # the trigger and finds more than 10 %; the clean model (an oracle) bounds it. The rank gap (three
+    # trusted scorers, ranks within each task) removed 51-82 % over 39 runs: pre-training seeds 0-3,
+    # up to ten poison seeds, bfloat16 with one- and two-thread tunings and float32 without AVX-512;
+    # this run's setting: 69 % (bfloat16), 60 % (float32 without AVX-512; 61 % with one-thread tunings); the
+    # earlier gap (two scorers, ranks over all rows) 36-72 % on the same runs (BENCHMARKS.md)
     removed = {}
     trusted = train.instruction_tune(base, tok, ic.val, replace(cfg, epochs=4), progress=False)
     losses = {name: train.example_losses(m, p.examples)
               for name, m in [("poisoned", dirty), ("trusted", trusted), ("oracle", clean)]}
     losses["trusted - poisoned"] = losses["trusted"] - losses["poisoned"]
     losses["TF-IDF trusted"] = experiments.tfidf_losses(ic.val, p.examples)
-    losses["rank gap"] = filters.loss_gap([losses["trusted"], losses["TF-IDF trusted"]], losses["poisoned"])
+    losses["char TF-IDF trusted"] = experiments.tfidf_losses(ic.val, p.examples, features="chars")
+    losses["rank gap"] = filters.loss_gap([losses["trusted"], losses["TF-IDF trusted"], losses["char TF-IDF trusted"]],
+                                          losses["poisoned"], groups=p.examples.task)
     for name, s in losses.items():
         removed[name] = filters.loss_filter_curve(s, p.mask, [0.1])[1][0]
     print(removed)
@@ -396,8 +413,8 @@ def test_dirty_label_trigger_is_learned(lab3):
     # trusted alone: 20-24 % (4.2k examples); the raw difference 29 % (bfloat16), 25 % (float32) and
     # 26 % (float32 without AVX-512): at least twice random dropping
     assert removed["trusted - poisoned"] >= 0.2, removed
-    assert removed["rank gap"] >= 0.3, removed
-    assert removed["rank gap"] > max(removed["trusted"], removed["TF-IDF trusted"]), removed
+    assert removed["rank gap"] >= 0.5, removed   # issue 7's target
+    assert removed["rank gap"] > max(removed[k] for k in ("trusted", "TF-IDF trusted", "char TF-IDF trusted")), removed
     # ONION in front of the poisoned model deletes most of the trigger's effect: "Bond" is rare
     # and goes, "James" often stays (measured: no trigger word left in 67-72 %, ASR 93-95 -> 27 %).
     # Its clean-accuracy cost is 3-6 points on 600-800 rows under either arithmetic (bfloat16 /

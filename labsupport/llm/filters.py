@@ -46,20 +46,31 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
     return rankdata(values) / len(values)
 
 
-def loss_gap(trusted: list[np.ndarray], trained: np.ndarray) -> np.ndarray:
+def loss_gap(trusted: list[np.ndarray], trained: np.ndarray, groups=None) -> np.ndarray:
     """How much better the model trained on the data fits each row than models that never saw it:
     the mean percentile rank of the row's loss under the ``trusted`` scorers minus its percentile
     rank under the ``trained`` model. A poison looks wrong to a trusted scorer (high loss) yet the
     trained model fits it (the trigger explains its label); a merely hard example is hard for both.
     Ranks, not raw losses, so scorers of different kinds (a TF-IDF model, a transformer) weigh
-    the same."""
+    the same. ``groups`` (one label per row, e.g. each row's task): ranks within each group, so
+    that a task whose losses all run high does not crowd out another's."""
     if isinstance(trusted, np.ndarray) or not trusted:
         raise TypeError("trusted must be a non-empty list of loss arrays (one per trusted scorer)")
-    trained = percentile_ranks(trained)
-    ranks = [percentile_ranks(t) for t in trusted]
-    if any(r.shape != trained.shape for r in ranks):
-        raise ValueError(f"every trusted loss array must have the trained losses' shape {trained.shape}")
-    return np.mean(ranks, axis=0) - trained
+    trained = np.asarray(trained, dtype=float)
+    if groups is None:
+        groups = np.zeros(len(trained), dtype=int)
+    groups = np.asarray(groups)
+    if groups.shape != trained.shape:
+        raise ValueError(f"groups must have one label per row: shape {trained.shape}, got {groups.shape}")
+    gap = np.zeros(len(trained))
+    for g in np.unique(groups):
+        rows = groups == g
+        ranks = [percentile_ranks(np.asarray(t, dtype=float)[rows]) if np.shape(t) == trained.shape else None
+                 for t in trusted]
+        if any(r is None for r in ranks):
+            raise ValueError(f"every trusted loss array must have the trained losses' shape {trained.shape}")
+        gap[rows] = np.mean(ranks, axis=0) - percentile_ranks(trained[rows])
+    return gap
 
 
 def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=None):
