@@ -2,7 +2,7 @@
 the other on all cores (what ``lab.tune`` does for one set at a time).
 
 The full profile's dirty-label and clean-label sets (1 % poisons each; ``--sets 3`` adds the
-denial-of-service set, as Lab 3 §3 tunes them), tuned without the model cache: one after the other
+denial-of-service set), tuned without the model cache: one after the other
 with every core, then side by side in Python threads with the cores split between them.
 Alternating rounds (the machine's speed drifts). The ASR of the dirty- and clean-label models is
 printed: the two ways differ only in arithmetic (thread count). The last line is
