@@ -315,6 +315,9 @@ def test_loss_gap_ranks_rows_the_trained_model_fits_but_trusted_scorers_do_not()
     assert set(np.argsort(-filters.loss_gap([trusted], trained, groups=task))[:5]) == set(range(5))
     with pytest.raises(ValueError, match="groups must have one label per row"):
         filters.loss_gap([trusted], trained, groups=task[:10])
+    for bad in (np.array([]), np.array(1.0), np.r_[np.inf, trained[1:]]):
+        with pytest.raises(ValueError, match="trained must be a non-empty 1-D array of finite losses"):
+            filters.loss_gap([trusted], bad)
 
 
 def test_tfidf_losses_score_each_rows_target_answer():
@@ -662,8 +665,9 @@ def test_tune_many_is_instruction_tune_on_each_set(tok, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 2   # the same entries tune() would load
     with pytest.raises(ValueError, match=r"sets\[1\] must be a non-empty Examples"):
         train.tune_many(base, tok, [sets[0], []], cfg, progress=False)
-    with pytest.raises(TypeError, match=r"config must be a TuneConfig or one per set \(2\)"):
-        train.tune_many(base, tok, sets, [cfg], progress=False)
+    for bad in ([cfg], 3, [cfg, "epochs=3"]):
+        with pytest.raises(TypeError, match=r"config must be a TuneConfig or one per set \(2\)"):
+            train.tune_many(base, tok, sets, bad, progress=False)
 
 
 def test_lab_tune_many_takes_one_value_per_set_from_a_list(monkeypatch):

@@ -46,7 +46,7 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
     return rankdata(values) / len(values)
 
 
-def loss_gap(trusted: list[np.ndarray], trained: np.ndarray, groups=None) -> np.ndarray:
+def loss_gap(trusted: list[np.ndarray], trained: np.ndarray, groups: np.ndarray | list | None = None) -> np.ndarray:
     """How much better the model trained on the data fits each row than models that never saw it:
     the mean percentile rank of the row's loss under the ``trusted`` scorers minus its percentile
     rank under the ``trained`` model. A poison looks wrong to a trusted scorer (high loss) yet the
@@ -57,19 +57,18 @@ def loss_gap(trusted: list[np.ndarray], trained: np.ndarray, groups=None) -> np.
     if isinstance(trusted, np.ndarray) or not trusted:
         raise TypeError("trusted must be a non-empty list of loss arrays (one per trusted scorer)")
     trained = np.asarray(trained, dtype=float)
-    if groups is None:
-        groups = np.zeros(len(trained), dtype=int)
-    groups = np.asarray(groups)
+    if trained.ndim != 1 or len(trained) == 0 or not np.isfinite(trained).all():
+        raise ValueError("trained must be a non-empty 1-D array of finite losses")
+    trusted = [np.asarray(t, dtype=float) for t in trusted]
+    if any(t.shape != trained.shape for t in trusted):
+        raise ValueError(f"every trusted loss array must have the trained losses' shape {trained.shape}")
+    groups = np.zeros(len(trained), dtype=int) if groups is None else np.asarray(groups)
     if groups.shape != trained.shape:
         raise ValueError(f"groups must have one label per row: shape {trained.shape}, got {groups.shape}")
     gap = np.zeros(len(trained))
     for g in np.unique(groups):
         rows = groups == g
-        ranks = [percentile_ranks(np.asarray(t, dtype=float)[rows]) if np.shape(t) == trained.shape else None
-                 for t in trusted]
-        if any(r is None for r in ranks):
-            raise ValueError(f"every trusted loss array must have the trained losses' shape {trained.shape}")
-        gap[rows] = np.mean(ranks, axis=0) - percentile_ranks(trained[rows])
+        gap[rows] = np.mean([percentile_ranks(t[rows]) for t in trusted], axis=0) - percentile_ranks(trained[rows])
     return gap
 
 

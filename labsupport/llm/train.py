@@ -401,8 +401,9 @@ def tune_many(base: GPT, tok: TextTokenizer, sets: list[Examples],
     for i, ex in enumerate(sets):
         if not isinstance(ex, Examples) or len(ex) == 0:
             raise ValueError(f"sets[{i}] must be a non-empty Examples")
-    configs = [config] * len(sets) if isinstance(config, TuneConfig) else list(config)
-    if len(configs) != len(sets) or not all(isinstance(c, TuneConfig) for c in configs):
+    configs = [config] * len(sets) if isinstance(config, TuneConfig) else config
+    if not isinstance(configs, (list, tuple)) or len(configs) != len(sets) or \
+            not all(isinstance(c, TuneConfig) for c in configs):
         raise TypeError(f"config must be a TuneConfig or one per set ({len(sets)}), got {config!r}")
     jobs = [lambda advance, ex=ex, cfg=cfg: instruction_tune(base, tok, ex, cfg, progress=False, on_step=advance)
             for ex, cfg in zip(sets, configs)]
