@@ -491,6 +491,38 @@ def test_count_sweep_and_ordering_side_by_side(lab3, tmp_path, monkeypatch):
     np.testing.assert_array_equal(order.asr, order1.asr)
 
 
+def test_wans_ranking_beats_random_poisons_and_the_stealthy_ones_are_weak(lab3):
+    # Lab 3 §4's comparison at 20 poisons (0.25 % of 8,000 examples), full instruction tunings as the
+    # notebook runs them (two at a time, one thread each). Measured over poison seeds 0-2 (bfloat16,
+    # BENCHMARKS.md, twenty-third session): random 82-86 %, the clean model's highest losses first
+    # (Wan et al.) 94-96 %, lowest first (the adaptive attacker's) 37-47 %, the unpoisoned model 28 %;
+    # float32 with AVX2 kernels, seed 0: 79.8 / 95.0 / 50.3 % (27.3 %). Lowest-first trails random by
+    # 29-45 points on those four runs; the assert asks for 20
+    clean = train.instruction_tune(lab3.base, lab3.tok, lab3.train, lab3.profile.tune, progress=False)  # the notebook's
+    r = experiments.ranking_sweep(lab3.base, lab3.tok, lab3.train, lab3.test, clean, counts=(20,),
+                                  choices=("random", "high-score", "low-score"), config=lab3.profile.tune,
+                                  progress=False)
+    print(r)
+    asr = dict(zip(r.choices, r.asr[:, 0]))
+    assert r.asr.shape == r.accuracy.shape == (3, 1)
+    assert asr["high-score"] >= 0.9 and asr["high-score"] > asr["random"], asr
+    assert asr["low-score"] < asr["random"] - 0.2, asr
+    assert (np.abs(r.accuracy - experiments.evaluate_attack(clean, lab3.test).clean_accuracy) <= 0.02).all(), r
+
+
+def test_ranking_sweep_bad_input(lab3):
+    ex, scorer = lab3.train, object()
+    with pytest.raises(TypeError, match="scorer"):
+        experiments.ranking_sweep(lab3.base, lab3.tok, ex, lab3.test, scorer)
+    fake = train.InstructionModel(lab3.base, lab3.tok, 0, train.FrozenCache(lab3.base, 0))
+    for kwargs, err, match in [(dict(choices=("random", "best")), ValueError, "choices"),
+                               (dict(counts=(0,)), ValueError, r"counts\[i\]"),
+                               (dict(counts=(2.5,)), TypeError, r"counts\[i\]"),
+                               (dict(counts=()), ValueError, "must not be empty")]:
+        with pytest.raises(err, match=match):
+            experiments.ranking_sweep(lab3.base, lab3.tok, ex, lab3.test, fake, **kwargs)
+
+
 def test_frozen_cache_matches_full_forward(small, tok):
     ic, base = small
     tuned = train.instruction_tune(base, tok, ic.train.subset(np.arange(64)),

@@ -246,6 +246,71 @@ def order_ablation(start: GPT, tok, train: Examples, test: Examples, *, size: in
     return OrderResult(list(positions), list(seeds), asr, acc)
 
 
+RANK_CHOICES = ("random", "fit", "high-score", "low-score")
+RANK_LABELS = {"random": "random", "fit": "trigger fit (shortest rows)",
+               "high-score": "clean model's loss, highest (Wan)", "low-score": "clean model's loss, lowest (adaptive)"}
+
+
+def poison_scores(scorer: InstructionModel, train: Examples, *, task: str = "sentiment", target: str = "negative",
+                  trigger: str = "James Bond", seed: int = 0) -> np.ndarray:
+    """Each row's loss under ``scorer`` (e.g. the clean model) as a dirty-label poison: every
+    eligible row of ``train`` with ``trigger`` inserted and answered ``target``. Pass it as
+    ``scores`` to :func:`poisoning.poison_examples`: ``choose="high-score"`` is Wan et al.'s ranking
+    by the clean model's loss, ``"low-score"`` the adaptive attacker's stealthy poisons."""
+    from .poisoning import eligible_rows
+
+    every = poison_examples(train, len(eligible_rows(train, task, target, "dirty")), trigger=trigger, task=task,
+                            target=target, seed=seed)
+    return example_losses(scorer, every.examples)
+
+
+@dataclass
+class RankingResult:
+    """Dirty-label ASR (Wan's metric) and clean accuracy for each way of choosing the poisons
+    (rows, :data:`RANK_CHOICES`) and each poison count (columns); one poison seed."""
+
+    choices: list[str]
+    counts: list[int]
+    asr: np.ndarray = field(repr=False)        # [choice, count]
+    accuracy: np.ndarray = field(repr=False)   # [choice, count]
+
+    def __repr__(self) -> str:
+        counts = "  ".join(f"{c:>6d}" for c in self.counts)
+        head = f"{'poisons chosen by':38s}{counts}   (ASR %; clean accuracy %)"
+        lines = [f"{RANK_LABELS[name]:38s}" + "  ".join(f"{100 * a:6.1f}" for a in asr) +
+                 f"   ({', '.join(f'{100 * c:.1f}' for c in acc)})"
+                 for name, asr, acc in zip(self.choices, self.asr, self.accuracy)]
+        return "\n".join([head, *lines])
+
+
+def ranking_sweep(base: GPT, tok, train: Examples, test: Examples, scorer: InstructionModel, *,
+                  counts=(5, 10, 20), choices=RANK_CHOICES, config: TuneConfig = TuneConfig(),
+                  task: str = "sentiment", target: str = "negative", trigger: str = "James Bond",
+                  seed: int = 0, progress: bool = True) -> RankingResult:
+    """Which poisons (Wan et al. 2023): ``count`` dirty-label poisons among all of ``train`` chosen
+    at random, by Wan's trigger fit (count(trigger)/length: the shortest rows, ``"fit"``), by the
+    highest loss under ``scorer`` (the clean model: Wan's ranking, ``"high-score"``) or by the
+    lowest (the adaptive attacker's, ``"low-score"``); each set instruction-tuned from ``base``
+    with ``config`` (as the lab's dirty-label model; the model cache keeps them)."""
+    if not isinstance(scorer, InstructionModel):
+        raise TypeError(f"scorer must be an InstructionModel (the clean tuned model), got {type(scorer).__name__}")
+    for c in choices:
+        check_choice("choices", c, RANK_CHOICES)
+    counts = [check_int("counts[i]", c, low=1) for c in counts]
+    if not counts or not choices:
+        raise ValueError("counts and choices must not be empty")
+    scores = (poison_scores(scorer, train, task=task, target=target, trigger=trigger, seed=seed)
+              if any(c.endswith("score") for c in choices) else None)
+    sets = [poison_examples(train, n, trigger=trigger, task=task, target=target, choose=c, seed=seed,
+                            scores=scores if c.endswith("score") else None).examples
+            for c in choices for n in counts]
+    models = tune_many(base, tok, sets, config, progress=progress, desc="poison choice")
+    results = [evaluate_attack(m, test, task=task, target=target, trigger=trigger) for m in models]
+    shape = (len(choices), len(counts))
+    return RankingResult(list(choices), counts, np.array([r.asr for r in results]).reshape(shape),
+                         np.array([r.clean_accuracy for r in results]).reshape(shape))
+
+
 @dataclass
 class OnionResult:
     """ONION in front of a model on the sentiment task: ``accuracy`` and ``asr`` are (without,
@@ -400,6 +465,7 @@ class Lab3Profile:
     sweep_counts: tuple = (0, 15, 50, 150)
     sweep_seeds: tuple = (0, 1)
     order_count: int = 50            # poisons in the ordering ablation (at the largest sweep size)
+    ranking_counts: tuple = (5, 10, 20)   # poison counts of the poison-choice comparison (full tunings)
     test_rows: int | None = None     # cap on validation and test rows per task
 
 
@@ -412,7 +478,7 @@ LAB3_PROFILES = {
                          GPTConfig(n_layer=2), PretrainConfig(steps=400),
                          TuneConfig(epochs=3, train_top=2),
                          sweep_sizes=(300,), sweep_counts=(0, 20), sweep_seeds=(0,), order_count=20,
-                         test_rows=300),
+                         ranking_counts=(10,), test_rows=300),
     "gpu": Lab3Profile("gpu", {"sentiment": 6000, "source": 2000}, GPTConfig(n_layer=2),
                        PretrainConfig(steps=400), TuneConfig(epochs=3, train_top=2),
                        sweep_sizes=(500, 2000, 6000), sweep_counts=(0, 5, 15, 50, 150, 250),
