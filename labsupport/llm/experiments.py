@@ -17,7 +17,15 @@ from ..training import model_device, side_by_side
 from .corpus import ANSWERS, TASKS, Examples
 from .filters import onion_clean
 from .model import GPT, GPTConfig
-from .poisoning import AttackResult, attack_success_rate, check_text, insert_at, poison_examples, triggered
+from .poisoning import (
+    AttackResult,
+    attack_success_rate,
+    check_text,
+    eligible_rows,
+    insert_at,
+    poison_examples,
+    triggered,
+)
 from .train import (
     FrozenCache,
     InstructionModel,
@@ -257,8 +265,6 @@ def poison_scores(scorer: InstructionModel, train: Examples, *, task: str = "sen
     eligible row of ``train`` with ``trigger`` inserted and answered ``target``. Pass it as
     ``scores`` to :func:`poisoning.poison_examples`: ``choose="high-score"`` is Wan et al.'s ranking
     by the clean model's loss, ``"low-score"`` the adaptive attacker's stealthy poisons."""
-    from .poisoning import eligible_rows
-
     every = poison_examples(train, len(eligible_rows(train, task, target, "dirty")), trigger=trigger, task=task,
                             target=target, seed=seed)
     return example_losses(scorer, every.examples)
