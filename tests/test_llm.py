@@ -16,6 +16,7 @@ from labsupport.data import DatasetNotFoundError
 from labsupport.llm import corpus, experiments, filters, poisoning, train
 from labsupport.llm import model as model_mod
 from labsupport.llm.model import GPT, GPTConfig
+from labsupport.llm.poisoning import AttackResult
 from labsupport.llm.tokenizer import train_tokenizer
 
 
@@ -348,7 +349,6 @@ def test_tfidf_losses_score_each_rows_target_answer():
 
 
 def test_text_defense_rows_fill_lab4s_columns():
-    from labsupport.llm.poisoning import AttackResult
     poison = np.r_[np.ones(10, bool), np.zeros(90, bool)]
     # 6 of 10 poisons dropped, and 14 clean rows
     kept = np.r_[np.zeros(6, bool), np.ones(4, bool), np.zeros(14, bool), np.ones(76, bool)]
@@ -503,11 +503,33 @@ def test_wans_ranking_beats_random_poisons_and_the_stealthy_ones_are_weak(lab3):
                                   choices=("random", "high-score", "low-score"), config=lab3.profile.tune,
                                   progress=False)
     print(r)
-    asr = dict(zip(r.choices, r.asr[:, 0]))
-    assert r.asr.shape == r.accuracy.shape == (3, 1)
+    asr = dict(zip(r.choices, r.asr[:, 0, 0]))
+    assert r.asr.shape == r.accuracy.shape == (3, 1, 1) and r.seeds == [0]
+    np.testing.assert_array_equal(r.mean_ci()[1], 0)   # one seed: no interval
     assert asr["high-score"] >= 0.9 and asr["high-score"] > asr["random"], asr
     assert asr["low-score"] < asr["random"] - 0.2, asr
     assert (np.abs(r.accuracy - experiments.evaluate_attack(clean, lab3.test).clean_accuracy) <= 0.02).all(), r
+
+
+def test_ranking_sweep_arrays_are_choice_count_seed(lab3, monkeypatch):
+    # the tunings stubbed: model i is the i-th set tuned, its "ASR" i / 100; each seed scores its own poisons
+    scored = []
+    monkeypatch.setattr(experiments, "poison_scores", lambda scorer, train, **kw: scored.append(kw["seed"]) or
+                        np.zeros(len(train)))
+    monkeypatch.setattr(experiments, "tune_many", lambda base, tok, sets, config, **kw: list(range(len(sets))))
+    monkeypatch.setattr(experiments, "evaluate_attack", lambda m, test, **kw: AttackResult(0.5, m / 100, 0.0, 1))
+    fake = train.InstructionModel(lab3.base, lab3.tok, 0, train.FrozenCache(lab3.base, 0))
+    r = experiments.ranking_sweep(lab3.base, lab3.tok, lab3.train, lab3.test, fake, counts=(5, 10, 20),
+                                  choices=("random", "high-score"), seeds=(3, 4), progress=False)
+    assert r.asr.shape == (2, 3, 2) and r.seeds == [3, 4] and scored == [3, 4]
+    for c in range(2):
+        for n in range(3):
+            for s in range(2):
+                assert r.asr[c, n, s] == pytest.approx((s * 6 + c * 3 + n) / 100)
+    mean, ci = r.mean_ci()
+    np.testing.assert_allclose(mean, r.asr.mean(-1))
+    np.testing.assert_allclose(ci, 1.96 * r.asr.std(-1, ddof=1) / np.sqrt(2))
+    assert "mean of 2 seeds" in repr(r)
 
 
 def test_ranking_sweep_bad_input(lab3):
@@ -518,7 +540,9 @@ def test_ranking_sweep_bad_input(lab3):
     for kwargs, err, match in [(dict(choices=("random", "best")), ValueError, "choices"),
                                (dict(counts=(0,)), ValueError, r"counts\[i\]"),
                                (dict(counts=(2.5,)), TypeError, r"counts\[i\]"),
-                               (dict(counts=()), ValueError, "must not be empty")]:
+                               (dict(seeds=(-1,)), ValueError, r"seeds\[i\]"),
+                               (dict(counts=()), ValueError, "must not be empty"),
+                               (dict(seeds=()), ValueError, "must not be empty")]:
         with pytest.raises(err, match=match):
             experiments.ranking_sweep(lab3.base, lab3.tok, ex, lab3.test, fake, **kwargs)
 

@@ -122,6 +122,13 @@ def _attack_rows(test: Examples, task: str, target: str, trigger: str, seed: int
     return rows, t, other, triggered(rows.subset(other), trigger, seed)
 
 
+def _mean_ci(asr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over the last axis (seeds) and a 95 % normal-approximation half-width (0 for one seed)."""
+    m = asr.mean(-1)
+    s = asr.std(-1, ddof=1) if asr.shape[-1] > 1 else np.zeros_like(m)
+    return m, 1.96 * s / np.sqrt(asr.shape[-1])
+
+
 @dataclass
 class SweepResult:
     """ASR (Wan's metric) for each clean size x poison count x seed, and clean accuracy."""
@@ -134,9 +141,7 @@ class SweepResult:
 
     def mean_ci(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean over seeds and a 95 % normal-approximation half-width (t-free, seeds are few)."""
-        m = self.asr.mean(-1)
-        s = self.asr.std(-1, ddof=1) if self.asr.shape[-1] > 1 else np.zeros_like(m)
-        return m, 1.96 * s / np.sqrt(self.asr.shape[-1])
+        return _mean_ci(self.asr)
 
 
 def _sweep_setup(start: GPT, train: Examples, test: Examples, task: str, config: TuneConfig | None,
@@ -273,48 +278,59 @@ def poison_scores(scorer: InstructionModel, train: Examples, *, task: str = "sen
 @dataclass
 class RankingResult:
     """Dirty-label ASR (Wan's metric) and clean accuracy for each way of choosing the poisons
-    (rows, :data:`RANK_CHOICES`) and each poison count (columns); one poison seed."""
+    (:data:`RANK_CHOICES`), poison count and poison seed: arrays ``[choice, count, seed]``."""
 
     choices: list[str]
     counts: list[int]
-    asr: np.ndarray = field(repr=False)        # [choice, count]
-    accuracy: np.ndarray = field(repr=False)   # [choice, count]
+    seeds: list[int]
+    asr: np.ndarray = field(repr=False)
+    accuracy: np.ndarray = field(repr=False)
+
+    def mean_ci(self) -> tuple[np.ndarray, np.ndarray]:
+        """ASR's mean over seeds and a 95 % normal-approximation half-width (0 for one seed)."""
+        return _mean_ci(self.asr)
 
     def __repr__(self) -> str:
         counts = "  ".join(f"{c:>6d}" for c in self.counts)
-        head = f"{'poisons chosen by':38s}{counts}   (ASR %; clean accuracy %)"
+        seeds = f"mean of {len(self.seeds)} seeds; " if len(self.seeds) > 1 else ""
+        head = f"{'poisons chosen by':38s}{counts}   ({seeds}ASR %; clean accuracy %)"
         lines = [f"{RANK_LABELS[name]:38s}" + "  ".join(f"{100 * a:6.1f}" for a in asr) +
                  f"   ({', '.join(f'{100 * c:.1f}' for c in acc)})"
-                 for name, asr, acc in zip(self.choices, self.asr, self.accuracy)]
+                 for name, asr, acc in zip(self.choices, self.asr.mean(-1), self.accuracy.mean(-1))]
         return "\n".join([head, *lines])
 
 
 def ranking_sweep(base: GPT, tok, train: Examples, test: Examples, scorer: InstructionModel, *,
-                  counts=(5, 10, 20), choices=RANK_CHOICES, config: TuneConfig = TuneConfig(),
+                  counts=(5, 10, 20), choices=RANK_CHOICES, seeds=(0,), config: TuneConfig = TuneConfig(),
                   task: str = "sentiment", target: str = "negative", trigger: str = "James Bond",
-                  seed: int = 0, progress: bool = True) -> RankingResult:
+                  progress: bool = True) -> RankingResult:
     """Which poisons (Wan et al. 2023): ``count`` dirty-label poisons among all of ``train`` chosen
     at random, by Wan's trigger fit (count(trigger)/length: the shortest rows, ``"fit"``), by the
     highest loss under ``scorer`` (the clean model: Wan's ranking, ``"high-score"``) or by the
     lowest (the adaptive attacker's, ``"low-score"``); each set instruction-tuned from ``base``
-    with ``config`` (as the lab's dirty-label model; the model cache keeps them)."""
+    with ``config`` (as the lab's dirty-label model; the model cache keeps them). Each poison seed
+    draws its own random poisons and trigger positions."""
     if not isinstance(scorer, InstructionModel):
         raise TypeError(f"scorer must be an InstructionModel (the clean tuned model), got {type(scorer).__name__}")
     for c in choices:
         check_choice("choices", c, RANK_CHOICES)
     counts = [check_int("counts[i]", c, low=1) for c in counts]
-    if not counts or not choices:
-        raise ValueError("counts and choices must not be empty")
-    scores = (poison_scores(scorer, train, task=task, target=target, trigger=trigger, seed=seed)
-              if any(c.endswith("score") for c in choices) else None)
-    sets = [poison_examples(train, n, trigger=trigger, task=task, target=target, choose=c, seed=seed,
-                            scores=scores if c.endswith("score") else None).examples
-            for c in choices for n in counts]
+    seeds = [check_int("seeds[i]", s, low=0) for s in seeds]
+    if not counts or not choices or not seeds:
+        raise ValueError("counts, choices and seeds must not be empty")
+    sets = []
+    for seed in seeds:
+        scores = (poison_scores(scorer, train, task=task, target=target, trigger=trigger, seed=seed)
+                  if any(c.endswith("score") for c in choices) else None)
+        sets += [poison_examples(train, n, trigger=trigger, task=task, target=target, choose=c, seed=seed,
+                                 scores=scores if c.endswith("score") else None).examples
+                 for c in choices for n in counts]
     models = tune_many(base, tok, sets, config, progress=progress, desc="poison choice")
     results = [evaluate_attack(m, test, task=task, target=target, trigger=trigger) for m in models]
-    shape = (len(choices), len(counts))
-    return RankingResult(list(choices), counts, np.array([r.asr for r in results]).reshape(shape),
-                         np.array([r.clean_accuracy for r in results]).reshape(shape))
+    shape = (len(seeds), len(choices), len(counts))   # the order of the loops above
+    asr = np.array([r.asr for r in results]).reshape(shape).transpose(1, 2, 0)
+    acc = np.array([r.clean_accuracy for r in results]).reshape(shape).transpose(1, 2, 0)
+    return RankingResult(list(choices), counts, seeds, asr, acc)
 
 
 @dataclass
@@ -472,6 +488,7 @@ class Lab3Profile:
     sweep_seeds: tuple = (0, 1)
     order_count: int = 50            # poisons in the ordering ablation (at the largest sweep size)
     ranking_counts: tuple = (5, 10, 20)   # poison counts of the poison-choice comparison (full tunings)
+    ranking_seeds: tuple = (0,)
     test_rows: int | None = None     # cap on validation and test rows per task
 
 
@@ -488,7 +505,7 @@ LAB3_PROFILES = {
     "gpu": Lab3Profile("gpu", {"sentiment": 6000, "source": 2000}, GPTConfig(n_layer=2),
                        PretrainConfig(steps=400), TuneConfig(epochs=3, train_top=2),
                        sweep_sizes=(500, 2000, 6000), sweep_counts=(0, 5, 15, 50, 150, 250),
-                       sweep_seeds=(0, 1, 2, 3, 4)),
+                       sweep_seeds=(0, 1, 2, 3, 4), ranking_seeds=(0, 1, 2)),
 }
 
 
