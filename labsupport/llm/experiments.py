@@ -337,18 +337,26 @@ def ranking_sweep(base: GPT, tok, train: Examples, test: Examples, scorer: Instr
 class OnionResult:
     """ONION in front of a model on the sentiment task: ``accuracy`` and ``asr`` are (without,
     with ONION); ``trigger_removed`` is the share of triggered inputs left without any trigger
-    word, ``words_deleted`` the share of clean inputs' words ONION deleted."""
+    word. As a word filter: ``far`` (false acceptance) is the share of inserted trigger words ONION
+    kept, ``frr`` (false rejection) the share of clean inputs' words it deleted."""
 
     trigger_removed: float
-    words_deleted: float
+    frr: float
     accuracy: tuple[float, float]
     asr: tuple[float, float]
     n_clean: int
     n_triggered: int
+    far: float = float("nan")
+
+    @property
+    def words_deleted(self) -> float:
+        """The share of clean inputs' words ONION deleted (= ``frr``)."""
+        return self.frr
 
     def __repr__(self) -> str:
         return (f"OnionResult(trigger removed from {100 * self.trigger_removed:.0f}% of {self.n_triggered} "
-                f"triggered inputs, {100 * self.words_deleted:.0f}% of clean words deleted; clean accuracy "
+                f"triggered inputs; as a word filter FAR {100 * self.far:.0f}% (trigger words kept), "
+                f"FRR {100 * self.frr:.0f}% (clean words deleted); clean accuracy "
                 f"{100 * self.accuracy[0]:.1f}% -> {100 * self.accuracy[1]:.1f}%, ASR {100 * self.asr[0]:.1f}% -> "
                 f"{100 * self.asr[1]:.1f}% on {self.n_clean} clean rows)")
 
@@ -370,12 +378,14 @@ def onion_effect(tuned: InstructionModel, lm: GPT, test: Examples, *, trigger: s
     pred, pred_onion = predict(tuned, clean), predict(tuned, cleaned)
     pred_other = pred[clean.label != t]
     asr = tuple(attack_success_rate(pred_other, predict(tuned, ex), other.label, t)[0] for ex in (trig, cleaned_trig))
-    words = trigger.split()
-    removed = float(np.mean([not any(w in c.split() for w in words) for c in cleaned_trig.text]))
+    words = set(trigger.split())
+    removed = float(np.mean([not words & set(c.split()) for c in cleaned_trig.text]))
     deleted = 1 - sum(len(c.split()) for c in cleaned.text) / sum(len(c.split()) for c in clean.text)
+    inserted = sum(sum(w in words for w in t.split()) for t in trig.text)
+    kept = sum(sum(w in words for w in c.split()) for c in cleaned_trig.text)
     return OnionResult(removed, float(deleted), (float((pred == clean.label).mean()),
                                                  float((pred_onion == clean.label).mean())),
-                       asr, len(clean), len(trig))
+                       asr, len(clean), len(trig), far=kept / max(inserted, 1))
 
 
 def text_defense_rows(attacked: AttackResult, *, rate: float, poison: np.ndarray, kept: np.ndarray,
