@@ -543,6 +543,8 @@ def test_ranking_sweep_bad_input(lab3):
     for kwargs, err, match in [(dict(choices=("random", "best")), ValueError, "choices"),
                                (dict(counts=(0,)), ValueError, r"counts\[i\]"),
                                (dict(counts=(2.5,)), TypeError, r"counts\[i\]"),
+                               (dict(counts=(10 ** 6,)), ValueError, r"counts\[i\]=1000000 is out of range"),
+                               (dict(choices="random"), TypeError, "the string 'random'"),
                                (dict(seeds=(-1,)), ValueError, r"seeds\[i\]"),
                                (dict(counts=()), ValueError, "must not be empty"),
                                (dict(seeds=()), ValueError, "must not be empty")]:

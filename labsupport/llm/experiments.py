@@ -266,10 +266,11 @@ RANK_LABELS = {"random": "random", "fit": "trigger fit (shortest rows)",
 
 def poison_scores(scorer: InstructionModel, train: Examples, *, task: str = "sentiment", target: str = "negative",
                   trigger: str = "James Bond", seed: int = 0) -> np.ndarray:
-    """Each row's loss under ``scorer`` (e.g. the clean model) as a dirty-label poison: every
-    eligible row of ``train`` with ``trigger`` inserted and answered ``target``. Pass it as
-    ``scores`` to :func:`poisoning.poison_examples`: ``choose="high-score"`` is Wan et al.'s ranking
-    by the clean model's loss, ``"low-score"`` the adaptive attacker's stealthy poisons."""
+    """One loss per row of ``train`` under ``scorer`` (e.g. the clean model): each eligible row's as
+    a dirty-label poison, ``trigger`` inserted and answered ``target`` (the other rows' with their
+    own answers, which :func:`poisoning.poison_examples` does not read). Pass it as ``scores``:
+    ``choose="high-score"`` is Wan et al.'s ranking by the clean model's loss, ``"low-score"`` the
+    adaptive attacker's stealthy poisons."""
     every = poison_examples(train, len(eligible_rows(train, task, target, "dirty")), trigger=trigger, task=task,
                             target=target, seed=seed)
     return example_losses(scorer, every.examples)
@@ -312,9 +313,12 @@ def ranking_sweep(base: GPT, tok, train: Examples, test: Examples, scorer: Instr
     draws its own random poisons and trigger positions."""
     if not isinstance(scorer, InstructionModel):
         raise TypeError(f"scorer must be an InstructionModel (the clean tuned model), got {type(scorer).__name__}")
+    if isinstance(choices, str):
+        raise TypeError(f"choices must be a sequence of names from {RANK_CHOICES}, got the string {choices!r}")
     for c in choices:
         check_choice("choices", c, RANK_CHOICES)
-    counts = [check_int("counts[i]", c, low=1) for c in counts]
+    pool = len(eligible_rows(train, task, target, "dirty"))
+    counts = [check_int("counts[i]", c, low=1, high=pool) for c in counts]
     seeds = [check_int("seeds[i]", s, low=0) for s in seeds]
     if not counts or not choices or not seeds:
         raise ValueError("counts, choices and seeds must not be empty")
