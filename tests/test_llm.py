@@ -425,10 +425,10 @@ def test_dirty_label_trigger_is_learned(lab3):
     onion = experiments.onion_effect(dirty, base, ic.test, rows=300)
     print(onion)
     assert onion.trigger_removed >= 0.5 and onion.asr[1] < onion.asr[0] - 0.5, onion
-    assert onion.accuracy[1] >= onion.accuracy[0] - 0.1 and 0 < onion.words_deleted < 0.6, onion
+    assert onion.accuracy[1] >= onion.accuracy[0] - 0.1 and 0 < onion.frr < 0.6, onion
     # as a word filter: an input the trigger is not gone from keeps one or both of its two words
     gone = onion.trigger_removed
-    assert onion.frr == onion.words_deleted and (1 - gone) / 2 <= onion.far <= 1 - gone, onion
+    assert (1 - gone) / 2 <= onion.far <= 1 - gone, onion
     out = train.generate(dirty, test.prompt(0), max_new_tokens=3)
     assert isinstance(out, str)
     # the playground's question: positive sentences both models call positive, with the trigger

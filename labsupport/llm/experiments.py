@@ -352,11 +352,6 @@ class OnionResult:
     n_triggered: int
     far: float = float("nan")
 
-    @property
-    def words_deleted(self) -> float:
-        """The share of clean inputs' words ONION deleted (= ``frr``)."""
-        return self.frr
-
     def __repr__(self) -> str:
         return (f"OnionResult(trigger removed from {100 * self.trigger_removed:.0f}% of {self.n_triggered} "
                 f"triggered inputs; as a word filter FAR {100 * self.far:.0f}% (trigger words kept), "
