@@ -10,7 +10,7 @@ device and a Flower server runs the rule. Flower ships the same four rules (``Fe
 Flower aggregates *models* where the lab aggregates *updates* (model minus global): all four
 rules commute with adding the same vector to every row, so the results agree.
 
-Needs the optional ``flwr`` package: ``pip install -e '.[federated]'``.
+Needs the optional ``flwr`` package: ``pip install -e '.[lab4]'``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _flwr():
     try:
         import flwr  # noqa: F401
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("Flower is not installed; run: pip install -e '.[federated]' "
+        raise ImportError("Flower is not installed; run: pip install -e '.[lab4]' "
                           "(or: pip install 'flwr>=1.8')") from exc
     return flwr
 
