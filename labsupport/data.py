@@ -192,8 +192,9 @@ def _torchvision_download(name: str, root: Path) -> None:
 def fix_command(name: str) -> str:
     """The one command that makes dataset ``name`` available."""
     if name == "fashion-mnist":
-        return "`sudo apt-get install dataset-fashion-mnist` (or online: `labsupport data prepare fashion-mnist`)"
-    return f"`labsupport data prepare {name}` (needs internet once)"
+        return ("`sudo apt-get install dataset-fashion-mnist` "
+                "(or online: `labsupport data prepare fashion-mnist --download`)")
+    return f"`labsupport data prepare {name} --download` (needs internet once)"
 
 
 # ---------------------------------------------------------------------------------------------

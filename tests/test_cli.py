@@ -15,6 +15,14 @@ def test_data_prepare_offline(capsys):
     assert "fashion-mnist: ready, 60000 train / 10000 test" in capsys.readouterr().out
 
 
+def test_data_prepare_without_download_points_past_itself(capsys, monkeypatch, tmp_path):
+    """`data prepare mnist` offline (no --download) must not answer "run `data prepare mnist`"."""
+    monkeypatch.setenv("LABSUPPORT_DATA", str(tmp_path))
+    assert main(["data", "prepare", "mnist"]) == 1
+    err = capsys.readouterr().err
+    assert "Fix: `labsupport data prepare mnist --download`" in err, err
+
+
 def test_data_prepare_unknown_name(capsys):
     assert main(["data", "prepare", "imagenet"]) == 2
     assert "unknown dataset" in capsys.readouterr().err

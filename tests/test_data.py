@@ -51,16 +51,16 @@ def test_missing_everywhere_names_what_was_tried(isolated, monkeypatch):
     with pytest.raises(D.DatasetNotFoundError) as err:
         ls.load_dataset("fashion-mnist")
     msg = str(err.value)
-    assert "Tried" in msg and "nowhere" in msg and "labsupport data prepare fashion-mnist" in msg
+    assert "Tried" in msg and "nowhere" in msg and "labsupport data prepare fashion-mnist --download" in msg
 
 
 def test_mnist_missing_offline_says_how_to_fix(isolated):
-    with pytest.raises(D.DatasetNotFoundError, match="labsupport data prepare mnist"):
+    with pytest.raises(D.DatasetNotFoundError, match="labsupport data prepare mnist --download"):
         ls.load_dataset("mnist")
 
 
 def test_cifar_missing_offline_says_how_to_fix(isolated):
-    with pytest.raises(D.DatasetNotFoundError, match="labsupport data prepare cifar10"):
+    with pytest.raises(D.DatasetNotFoundError, match="labsupport data prepare cifar10 --download"):
         ls.load_dataset("cifar10")
 
 
