@@ -5,7 +5,7 @@ Offline first. Each image dataset is looked up, in order, in
 1. the course data folder (:func:`labsupport.paths.data_root`), laid out
    as torchvision expects (``<root>/FashionMNIST/raw/...``);
 2. a system dataset package (Debian's ``dataset-fashion-mnist``), which is decompressed into 1.;
-3. torchvision's download, only when ``download=True`` (``labsupport data prepare NAME``).
+3. torchvision's download, only when ``download=True`` (``labsupport data prepare NAME --download``).
 
 Files are verified (IDX header and size; SHA-256 of the content where it is known). A missing or
 corrupt dataset raises :class:`DatasetNotFoundError` naming what was tried and the command that
