@@ -76,3 +76,26 @@ def test_bad_input_to_a_command_is_a_message_not_a_traceback(capsys, tmp_path):
     assert "Traceback" not in err
     assert main(["grade", "-j", "0", str(tmp_path)]) == 2
     assert "jobs=0 is out of range" in capsys.readouterr().err
+
+
+def test_readmes_command_lines_name_real_commands_and_options(capsys):
+    """Every line of the README's "Command line" block: its subcommand exists and takes the
+    options the line shows."""
+    import re
+    from pathlib import Path
+
+    import pytest
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [ln.split("#")[0].split() for ln in block.strip().splitlines()]
+    lines = [ln[1:] for ln in lines if ln and ln[0] == "labsupport"]
+    assert len(lines) >= 8, block
+    for words in lines:
+        path = words[:2] if words[0] in ("data", "labs", "nbgrader") else words[:1]
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        assert exit_.value.code == 0, words
+        usage = capsys.readouterr().out
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(words[len(path):])):
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}\b", usage), (words, flag, usage)
