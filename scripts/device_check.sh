@@ -8,7 +8,7 @@
 #   bash scripts/device_check.sh setup lab2     # any stages, in the order given (setup first)
 #
 # Stages (each under its own time limit, all inside DEADLINE seconds, default 560; a failed stage
-# does not stop the next; logs and executed notebooks go to $OUT, or ./device-out without it):
+# does not stop the next; the logs (one file) and executed notebooks go to $OUT, or ./device-out):
 #   setup  install .device/whl into /tmp/site (--no-deps: the machine's PyTorch and scientific stack
 #          stay), unpack .device/data.tar and the two halves of SmolLM2's file into /tmp/lsdata and
 #          check its SHA-256; versions, the GPU, `labsupport doctor`
@@ -27,7 +27,8 @@ export LABSUPPORT_DATA=/tmp/lsdata LABSUPPORT_MODELS=/tmp/lsmodels
 PY=${PYTHON:-python3}
 PROFILE=${PROFILE:-gpu}   # the labs' profile (quick: to try this script on a CPU)
 
-# run NAME LIMIT CMD...: CMD under min(LIMIT, what is left of DEADLINE), its output in $OUT/NAME.log
+# run NAME LIMIT CMD...: CMD under min(LIMIT, what is left of DEADLINE); its whole output is added to
+# $OUT/logs.txt (one file: a call brings back at most 8), its last lines printed
 run() {
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - (SECONDS - START) - 5))
@@ -35,9 +36,10 @@ run() {
     if ((limit < 20)); then echo "== $name: skipped, ${left}s left of the ${DEADLINE}s deadline"; return; fi
     echo "== $name (limit ${limit}s)"
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" > "/tmp/device-$name.log" 2>&1
     local rc=$?
-    tail -n 25 "$OUT/$name.log"
+    { echo "===== $name: rc=$rc"; cat "/tmp/device-$name.log"; } >> "$OUT/logs.txt"
+    tail -n 25 "/tmp/device-$name.log"
     echo "== $name: rc=$rc in $((SECONDS - t0))s$([[ $rc == 124 ]] && echo ' (TIMED OUT)')"
 }
 
