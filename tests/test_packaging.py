@@ -27,7 +27,7 @@ def test_environment_yml_matches_pyproject():
     conda = {}
     text = (ROOT / "environment.yml").read_text()
     for line in text[text.index("\ndependencies:"):].splitlines():
-        m = re.match(r"  - ([A-Za-z][\w.-]*)(.*)", line)
+        m = re.match(r"(?:  |      )- ([A-Za-z][\w.-]*)(.*)", line)   # conda's list and its pip: list
         if m and m.group(1) not in ("pip", "python"):
             conda[m.group(1).lower()] = m.group(2).split("#")[0].replace(" ", "")
     expected = {CONDA_NAMES.get(n, n): s for n, s in wanted.items()}
