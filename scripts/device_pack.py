@@ -96,6 +96,13 @@ def closure(roots: tuple[str, ...], skip: set[str]) -> dict[str, str]:
     return seen
 
 
+def carried() -> dict[str, str]:
+    """{name: version} of the wheels to carry: the closure of :data:`ROOTS` less what is skipped,
+    unused or already on the machine."""
+    left_out = SKIP | UNUSED
+    return {n: v for n, v in closure(ROOTS, left_out).items() if n not in left_out | ON_DEVICE}
+
+
 def download(pkgs: dict[str, str], dest: Path, python: str) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
            python, "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(dest)]
@@ -111,8 +118,7 @@ def main() -> int:
                     "the wheels here in a bare virtual environment)")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
-    need = {n: v for n, v in closure(ROOTS, SKIP | UNUSED).items()
-            if n not in SKIP | UNUSED | ON_DEVICE}
+    need = carried()
     whl = OUT / "whl"
     shutil.rmtree(whl, ignore_errors=True)
     whl.mkdir()

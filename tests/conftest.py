@@ -11,6 +11,15 @@ os.environ.setdefault("LABSUPPORT_THREADS", str(os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
+def pyproject() -> dict:
+    """pyproject.toml's [project] table."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+
+
+@pytest.fixture(scope="session")
 def fmnist():
     import labsupport as ls
 

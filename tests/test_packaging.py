@@ -4,8 +4,6 @@ version ranges, so both setups build the same course."""
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}          # the same package under conda-forge's name
 NOT_IN_CONDA = {"smol"}                       # an optional GPU extra, named in a comment there
@@ -17,11 +15,9 @@ def _spec(req: str) -> tuple[str, str]:
     return name.lower(), spec.replace(" ", "")
 
 
-def test_environment_yml_matches_pyproject():
-    tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(map(_spec, project["dependencies"]))
-    for extra, reqs in project["optional-dependencies"].items():
+def test_environment_yml_matches_pyproject(pyproject):
+    wanted = dict(map(_spec, pyproject["dependencies"]))
+    for extra, reqs in pyproject["optional-dependencies"].items():
         if extra not in NOT_IN_CONDA:
             wanted.update(map(_spec, reqs))
     conda = {}

@@ -26,15 +26,10 @@ def test_quickstart_runs(capsys):
 ROOT = README.parent
 
 
-def _extras() -> set[str]:
-    tomllib = pytest.importorskip("tomllib")
-    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-
-
-def test_every_install_hint_names_a_real_extra():
+def test_every_install_hint_names_a_real_extra(pyproject):
     """An error that says `pip install -e '.[NAME]'` must name an extra pyproject.toml defines
     (Flower's once named a "federated" extra that never existed)."""
-    extras = _extras()
+    extras = set(pyproject["optional-dependencies"])
     hints = {}
     for path in [*sorted((ROOT / "labsupport").rglob("*.py")), README, *sorted((ROOT / "solutions").glob("*.ipynb"))]:
         for name in re.findall(r"\.\[([A-Za-z0-9_,-]+)\]", path.read_text()):
@@ -46,7 +41,7 @@ def test_every_install_hint_names_a_real_extra():
 
 
 @pytest.mark.parametrize("module, call", [("flwr", "flower"), ("picklescan", "supply_chain")])
-def test_a_missing_optional_package_says_which_extra_installs_it(monkeypatch, tmp_path, module, call):
+def test_a_missing_optional_package_says_which_extra_installs_it(monkeypatch, tmp_path, module, call, pyproject):
     from labsupport.defenses import flower, supply_chain
 
     monkeypatch.setitem(sys.modules, module, None)   # import module -> ImportError
@@ -55,4 +50,4 @@ def test_a_missing_optional_package_says_which_extra_installs_it(monkeypatch, tm
            "supply_chain": lambda: supply_chain.third_party_scan(tmp_path / "x.pkl")}[call]
     with pytest.raises(ImportError, match=r"pip install -e '\.\[lab4\]'"):
         run()
-    assert "lab4" in _extras()
+    assert "lab4" in pyproject["optional-dependencies"]
