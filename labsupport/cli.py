@@ -184,8 +184,10 @@ def resolve_notebooks(folder: Path, names: list[str]) -> list[Path]:
 def _run(args: argparse.Namespace) -> int:
     from nbclient.exceptions import CellExecutionError
 
+    from ._validate import check_int
     from .course import EXERCISE_CHECK_TAG, repo_root, run_notebook
 
+    check_int("--durations", args.durations, low=0)
     root = repo_root()
     folder = root / args.which
     try:
@@ -211,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         for cell, ename, _ in bad:
             print(f"  cell {cell}: {ename}", file=sys.stderr)
             status = 1
+        for cell, seconds, line in res.cells[:args.durations]:
+            print(f"  cell {cell:3d} {seconds:7.1f} s  {line[:70]}")
     return status
 
 
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebooks", nargs="*", help="specific notebooks (default: all in the folder)")
     run.add_argument("--profile", choices=["full", "quick", "gpu"], help="override the profile")
     run.add_argument("--out", help="folder for executed copies (default: executed/<which>)")
+    run.add_argument("--durations", type=int, default=0, metavar="N",
+                     help="print each notebook's N slowest cells (index, seconds, first line)")
     run.set_defaults(func=_run)
 
     grade = sub.add_parser("grade", help="grade submitted notebooks (no nbgrader needed); CSV out")

@@ -22,6 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -242,12 +243,26 @@ def notebook_has_outputs(path: Path) -> bool:
     return any(c.cell_type == "code" and (c.outputs or c.execution_count) for c in nb.cells)
 
 
+def cell_seconds(nb: nbformat.NotebookNode) -> list[tuple[int, float, str]]:
+    """(cell index, seconds, first line of source) of each executed code cell, from the timing
+    nbclient records in the cells' metadata (``execution``), slowest first."""
+    times = []
+    for i, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if cell.cell_type == "code" and "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            start, end = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            times.append((i, (end - start).total_seconds(), (cell.source.strip().splitlines() or [""])[0]))
+    return sorted(times, key=lambda t: -t[1])
+
+
 @dataclass
 class RunResult:
     path: Path
     output: Path
     seconds: float
     errors: list[tuple[int, str, str]]  # (cell index, error name, cell tags)
+    cells: list[tuple[int, float, str]]  # (cell index, seconds, first line), slowest first
 
 
 def run_notebook(path: Path, output: Path, *, profile: str | None = None, timeout: int = 1800,
@@ -280,7 +295,7 @@ def run_notebook(path: Path, output: Path, *, profile: str | None = None, timeou
                 os.environ["LABSUPPORT_PROFILE"] = env_backup
     seconds = time.perf_counter() - start
     atomic_write_bytes(output, _dump(nb))
-    return RunResult(Path(path), Path(output), seconds, notebook_errors(nb))
+    return RunResult(Path(path), Path(output), seconds, notebook_errors(nb), cell_seconds(nb))
 
 
 def notebook_errors(nb: nbformat.NotebookNode) -> list[tuple[int, str, str]]:

@@ -99,3 +99,22 @@ def test_readmes_command_lines_name_real_commands_and_options(capsys):
         usage = capsys.readouterr().out
         for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(words[len(path):])):
             assert re.search(rf"(?<![\w-]){re.escape(flag)}\b", usage), (words, flag, usage)
+
+
+def test_run_prints_the_slowest_cells(tmp_path, monkeypatch, capsys):
+    """`run --durations N`: each notebook's N slowest cells, from nbclient's recorded timing."""
+    import nbformat
+
+    (tmp_path / "solutions").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_markdown_cell("prose"),
+                                         nbformat.v4.new_code_cell("import time\ntime.sleep(0.6)"),
+                                         nbformat.v4.new_code_cell("time.sleep(0.3)")])
+    nbformat.write(nb, tmp_path / "solutions" / "lab0_timing.ipynb")
+    monkeypatch.setenv("LABSUPPORT_REPO", str(tmp_path))
+    assert main(["run", "solutions", "lab0", "--durations", "2", "--out", str(tmp_path / "out")]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("cell")]
+    assert [(w[1], w[4]) for w in lines] == [("2", "import"), ("3", "time.sleep(0.3)")], lines
+    assert 0.6 <= float(lines[0][2]) < 5 and 0.3 <= float(lines[1][2]) < float(lines[0][2])
+    assert main(["run", "solutions", "lab0", "--durations", "-1"]) == 2
+    assert "--durations=-1 is out of range" in capsys.readouterr().err
