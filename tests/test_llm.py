@@ -243,6 +243,7 @@ def test_dirty_and_clean_label_poisons():
     (dict(n=2, target="maybe"), "target"),
     (dict(n=2, mode="sneaky"), "mode"),
     (dict(n=2, choose="low-score"), "scores"),
+    (dict(n=2, choose="high-score", scores=np.full(40, np.nan)), "finite on the eligible rows"),
 ])
 def test_poison_bad_input(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -533,6 +534,21 @@ def test_ranking_sweep_arrays_are_choice_count_seed(lab3, monkeypatch):
     np.testing.assert_allclose(mean, r.asr.mean(-1))
     np.testing.assert_allclose(ci, 1.96 * r.asr.std(-1, ddof=1) / np.sqrt(2))
     assert "mean of 2 seeds" in repr(r)
+
+
+def test_poison_scores_score_the_eligible_rows_as_poisons_and_only_them(lab3):
+    # an untuned scorer is enough: the scores must be its losses on the poisoned eligible rows
+    ex = lab3.train.subset(np.arange(300))
+    scorer = train.InstructionModel(lab3.base, lab3.tok, 0, train.FrozenCache(lab3.base, 0))
+    s = experiments.poison_scores(scorer, ex, seed=2)
+    pool = poisoning.eligible_rows(ex, "sentiment", "negative", "dirty")
+    assert 0 < len(pool) < len(ex) and np.isfinite(s[pool]).all()
+    assert np.isnan(np.delete(s, pool)).all()
+    every = poisoning.poison_examples(ex, len(pool), seed=2).examples
+    np.testing.assert_allclose(s[pool], train.example_losses(scorer, every)[pool], rtol=1e-4, atol=1e-5)
+    for choose, pick in [("high-score", np.argmax), ("low-score", np.argmin)]:   # NaNs are never read
+        chosen = poisoning.poison_examples(ex, 1, choose=choose, scores=s)
+        assert np.flatnonzero(chosen.mask).tolist() == [pool[pick(s[pool])]]
 
 
 def test_ranking_sweep_bad_input(lab3):

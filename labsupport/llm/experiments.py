@@ -266,14 +266,16 @@ RANK_LABELS = {"random": "random", "fit": "trigger fit (shortest rows)",
 
 def poison_scores(scorer: InstructionModel, train: Examples, *, task: str = "sentiment", target: str = "negative",
                   trigger: str = "James Bond", seed: int = 0) -> np.ndarray:
-    """One loss per row of ``train`` under ``scorer`` (e.g. the clean model): each eligible row's as
-    a dirty-label poison, ``trigger`` inserted and answered ``target`` (the other rows' with their
-    own answers, which :func:`poisoning.poison_examples` does not read). Pass it as ``scores``:
-    ``choose="high-score"`` is Wan et al.'s ranking by the clean model's loss, ``"low-score"`` the
-    adaptive attacker's stealthy poisons."""
-    every = poison_examples(train, len(eligible_rows(train, task, target, "dirty")), trigger=trigger, task=task,
-                            target=target, seed=seed)
-    return example_losses(scorer, every.examples)
+    """One score per row of ``train``: under ``scorer`` (e.g. the clean model), each eligible row's
+    loss as a dirty-label poison, ``trigger`` inserted and answered ``target``; NaN on the rows an
+    attacker may not poison (:func:`poisoning.poison_examples` reads only the eligible ones, and
+    only those are scored). Pass it as ``scores``: ``choose="high-score"`` is Wan et al.'s ranking
+    by the clean model's loss, ``"low-score"`` the adaptive attacker's stealthy poisons."""
+    pool = eligible_rows(train, task, target, "dirty")
+    every = poison_examples(train, len(pool), trigger=trigger, task=task, target=target, seed=seed)
+    scores = np.full(len(train), np.nan)
+    scores[pool] = example_losses(scorer, every.examples.subset(pool))
+    return scores
 
 
 @dataclass

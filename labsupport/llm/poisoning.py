@@ -92,7 +92,8 @@ def poison_examples(ex: Examples, n: int, *, trigger: str = "James Bond", task: 
         task: the task poisoned; target: the attacker's answer (a word of that task).
         mode: ``"dirty"``, ``"clean"`` (clean-label) or ``"dos"`` (answer gibberish).
         choose: ``"random"``; ``"fit"`` (Wan's count(trigger)/length: shortest rows first);
-            ``"low-score"``/``"high-score"`` by ``scores`` (one per row of ``ex``, e.g. a model's loss).
+            ``"low-score"``/``"high-score"`` by ``scores`` (one per row of ``ex``, e.g. a model's loss;
+            only the eligible rows' are read and must be finite, the others may be NaN).
     """
     check_text("trigger", trigger)
     check_choice("choose", choose, CHOICES)
@@ -109,7 +110,7 @@ def poison_examples(ex: Examples, n: int, *, trigger: str = "James Bond", task: 
             raise ValueError(f"choose={choose!r} needs scores with one value per row ({len(ex)})")
         s = np.asarray(scores, dtype=float)[pool]
         if not np.isfinite(s).all():
-            raise ValueError("scores must be finite")
+            raise ValueError("scores must be finite on the eligible rows")
         order = np.argsort(s if choose == "low-score" else -s, kind="stable")
         rows = pool[order[:n]]
     rows = np.sort(rows)
