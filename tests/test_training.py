@@ -76,6 +76,53 @@ def test_configure_threads_respects_env(monkeypatch):
     assert ls.configure_threads() == (os.cpu_count() or 1)
 
 
+_FAULTS = """
+import resource, torch
+from labsupport.training import configure_threads
+configure_threads()
+torch.ones(8 * 2**20)                 # 32 MiB: over glibc's largest default mapping threshold
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(8 * 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+def _page_faults(mode: str) -> int:
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env={**os.environ, "LABSUPPORT_MALLOC": mode},
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again():
+    """configure_threads keeps freed 32 MiB tensors in malloc's heap: ten of them one after the
+    other page-fault in at most twice (8,192 pages each), where glibc's default maps each one afresh."""
+    import os
+    from pathlib import Path
+
+    try:
+        os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        pytest.skip("keep_freed_memory acts on glibc only")
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[always]" in thp.read_text():
+        pytest.skip("transparent huge pages for every mapping: page faults do not count 4 KiB pages")
+    pages = 8 * 2**20 * 4 // 4096
+    kept, system = _page_faults("keep"), _page_faults("system")
+    assert system >= 9 * pages, system
+    assert kept <= 2 * pages, kept
+
+
+def test_keep_freed_memory_rejects_an_unknown_mode(monkeypatch):
+    monkeypatch.setenv("LABSUPPORT_MALLOC", "jemalloc")
+    with pytest.raises(ValueError, match="LABSUPPORT_MALLOC='jemalloc'.*'keep', 'system'"):
+        training.keep_freed_memory()
+
+
 def test_gpu_profile_path_resnet18_with_augmentation_runs_on_cpu():
     """The gpu profile's ResNet18 + crop-flip path, on a few CIFAR-shaped images."""
     gen = torch.Generator().manual_seed(0)
