@@ -72,12 +72,13 @@ def configure_threads() -> int:
 
 def keep_freed_memory() -> bool:
     """Let glibc's malloc serve blocks up to 256 MiB from its heap and keep up to 256 MiB of freed
-    memory there (``mallopt``), once per process. By default every block over 32 MiB (and smaller
-    ones, as its threshold adapts) is a fresh mapping from the OS, unmapped when freed: each new
-    tensor that size is page-faulted in again on first touch. Lab 3's pre-training step in float32
-    (its logits are 32 MiB) takes 1.4x less time with this (``benchmarks/malloc_speed.py``); values
-    are bit for bit the same. ``LABSUPPORT_MALLOC=system`` leaves malloc alone; with another C
-    library (macOS, musl) it does nothing. Returns whether the setting is in force."""
+    memory there (``mallopt``), once per process. By default a block over 32 MiB is always a fresh
+    mapping from the OS, unmapped when freed (a smaller one until freeing such mappings has raised
+    the threshold from 128 KiB to its size): each new tensor that size is page-faulted in again.
+    Lab 3's pre-training step in float32 (its logits are 32 MiB) runs 1.3-1.7x faster with this
+    (``benchmarks/malloc_speed.py``); values are bit for bit the same. ``LABSUPPORT_MALLOC=system``
+    leaves malloc alone; with another C library (macOS, musl) it does nothing. Returns whether the
+    setting is in force."""
     global _MALLOC_KEPT
     mode = check_choice("LABSUPPORT_MALLOC", os.environ.get("LABSUPPORT_MALLOC", "keep"), MALLOC_MODES)
     if _MALLOC_KEPT or mode == "system":
