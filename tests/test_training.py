@@ -77,9 +77,10 @@ def test_configure_threads_respects_env(monkeypatch):
 
 
 _FAULTS = """
-import resource, torch
-from labsupport.training import configure_threads
-configure_threads()
+import resource, sys, torch
+if sys.argv[1] == "labsupport":
+    from labsupport.training import configure_threads
+    configure_threads()
 torch.ones(8 * 2**20)                 # 32 MiB: over glibc's largest default mapping threshold
 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
@@ -88,20 +89,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 """
 
 
-def _page_faults(mode: str) -> int:
+def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again():
+    """After configure_threads, ten 32 MiB tensors one after the other page-fault in at most twice
+    (8,192 pages each), where plain torch with glibc's default malloc maps each one afresh."""
     import os
     import subprocess
     import sys
-
-    out = subprocess.run([sys.executable, "-c", _FAULTS], env={**os.environ, "LABSUPPORT_MALLOC": mode},
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.strip())
-
-
-def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again():
-    """configure_threads keeps freed 32 MiB tensors in malloc's heap: ten of them one after the
-    other page-fault in at most twice (8,192 pages each), where glibc's default maps each one afresh."""
-    import os
     from pathlib import Path
 
     try:
@@ -111,13 +104,19 @@ def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.exists() and "[always]" in thp.read_text():
         pytest.skip("transparent huge pages for every mapping: page faults do not count 4 KiB pages")
+    env = {k: v for k, v in os.environ.items() if k != "LABSUPPORT_MALLOC"}
+    kept, system = (int(subprocess.run([sys.executable, "-c", _FAULTS, who], env=env, capture_output=True,
+                                       text=True, check=True).stdout) for who in ("labsupport", "torch"))
     pages = 8 * 2**20 * 4 // 4096
-    kept, system = _page_faults("keep"), _page_faults("system")
     assert system >= 9 * pages, system
     assert kept <= 2 * pages, kept
 
 
-def test_keep_freed_memory_rejects_an_unknown_mode(monkeypatch):
+def test_keep_freed_memory_system_mode_and_unknown_modes(monkeypatch):
+    monkeypatch.setattr(training, "_MALLOC_KEPT", False)
+    monkeypatch.setattr(training.ctypes, "CDLL", lambda *a: pytest.fail("mallopt called in system mode"))
+    monkeypatch.setenv("LABSUPPORT_MALLOC", "system")
+    assert training.keep_freed_memory() is False
     monkeypatch.setenv("LABSUPPORT_MALLOC", "jemalloc")
     with pytest.raises(ValueError, match="LABSUPPORT_MALLOC='jemalloc'.*'keep', 'system'"):
         training.keep_freed_memory()
