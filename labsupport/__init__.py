@@ -14,69 +14,43 @@ Modules, one per topic: ``data``, ``models``, ``training``, ``metrics``, ``trigg
 atomic writes), ``cli``.
 """
 
-from . import llm, poisoning
-from .backdoor import (
-    AllToAll,
-    GeneratedTrigger,
-    PoisonedSet,
-    TriggerGenerator,
-    badnets,
-    ban,
-    clean_label,
-    composite,
-    multi_target,
-    pgd_away,
-    trigger_diversity,
-)
-from .data import DatasetNotFoundError, ImageData, TabularData, load_dataset, load_diabetes, load_randhie
-from .experiments import (
-    PROFILES,
-    AttackReport,
-    Profile,
-    ReportTable,
-    count_sweep,
-    evaluate_backdoor,
-    evaluate_multi_target,
-    get_profile,
-    load_lab_data,
-    train_and_evaluate,
-)
-from .io import IntegrityError, load_model, save_model, sha256_file
-from .metrics import attack_success_rate, auroc, clean_accuracy, detection_scores
-from .models import MLP, ResNet18, SmallCNN, build_model
-from .training import (
-    TrainConfig,
-    configure_threads,
-    fit,
-    pick_device,
-    predict,
-    predict_proba,
-    seed_everything,
-    train_model,
-)
-from .triggers import (
-    Blend,
-    BlendedPatch,
-    Compose,
-    Patch,
-    RandomPatch,
-    Trigger,
-    checkerboard,
-    noise_key,
-    region_grid,
-    white_square,
-)
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AllToAll", "AttackReport", "Blend", "BlendedPatch", "Compose", "DatasetNotFoundError", "GeneratedTrigger",
-    "ImageData", "IntegrityError", "MLP", "PROFILES", "Patch", "PoisonedSet", "Profile", "RandomPatch", "ReportTable",
-    "ResNet18", "SmallCNN", "TabularData", "TrainConfig", "Trigger", "TriggerGenerator", "attack_success_rate",
-    "auroc", "badnets", "ban", "build_model", "checkerboard", "clean_accuracy", "clean_label",
-    "composite", "configure_threads", "count_sweep", "detection_scores", "evaluate_backdoor",
-    "evaluate_multi_target", "fit", "get_profile", "load_dataset", "load_diabetes", "load_randhie", "llm",
-    "poisoning", "load_lab_data", "load_model", "multi_target",
-    "noise_key", "pgd_away", "pick_device", "predict", "predict_proba", "region_grid", "save_model",
-    "seed_everything", "sha256_file", "train_and_evaluate", "train_model", "trigger_diversity", "white_square",
-]
+# The package loads lazily (PEP 562): ``import labsupport`` and the command line start in a fraction
+# of a second, and each name's module (with torch or scikit-learn behind it) loads on first use.
+_EXPORTS = {
+    "backdoor": ("AllToAll", "GeneratedTrigger", "PoisonedSet", "TriggerGenerator", "badnets", "ban",
+                 "clean_label", "composite", "multi_target", "pgd_away", "trigger_diversity"),
+    "data": ("DatasetNotFoundError", "ImageData", "TabularData", "load_dataset", "load_diabetes", "load_randhie"),
+    "experiments": ("PROFILES", "AttackReport", "Profile", "ReportTable", "count_sweep", "evaluate_backdoor",
+                    "evaluate_multi_target", "get_profile", "load_lab_data", "train_and_evaluate"),
+    "io": ("IntegrityError", "load_model", "save_model", "sha256_file"),
+    "metrics": ("attack_success_rate", "auroc", "clean_accuracy", "detection_scores"),
+    "models": ("MLP", "ResNet18", "SmallCNN", "build_model"),
+    "training": ("TrainConfig", "configure_threads", "fit", "pick_device", "predict", "predict_proba",
+                 "seed_everything", "train_model"),
+    "triggers": ("Blend", "BlendedPatch", "Compose", "Patch", "RandomPatch", "Trigger", "checkerboard",
+                 "noise_key", "region_grid", "white_square"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted([*_WHERE, "llm", "poisoning"])
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value   # looked up once
+        return value
+    if not name.startswith("__"):   # a submodule: ls.llm, ls.io, ls.defenses, ...
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
