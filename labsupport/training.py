@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,15 @@ def configure_threads() -> int:
     return torch.get_num_threads()
 
 
+@functools.cache
+def glibc() -> bool:
+    """Whether this process runs on GNU libc (where :func:`keep_freed_memory` acts)."""
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):                # another C library, or no confstr
+        return False
+
+
 def keep_freed_memory() -> bool:
     """Let glibc's malloc serve blocks up to 256 MiB from its heap and keep up to 256 MiB of freed
     memory there (``mallopt``), once per process. By default a block over 32 MiB is always a fresh
@@ -81,12 +91,11 @@ def keep_freed_memory() -> bool:
     setting is in force."""
     global _MALLOC_KEPT
     mode = check_choice("LABSUPPORT_MALLOC", os.environ.get("LABSUPPORT_MALLOC", "keep"), MALLOC_MODES)
-    if _MALLOC_KEPT or mode == "system":
+    if _MALLOC_KEPT or mode == "system" or not glibc():
         return _MALLOC_KEPT
     try:
-        os.confstr("CS_GNU_LIBC_VERSION")        # glibc only: ValueError elsewhere
         mallopt = ctypes.CDLL(None).mallopt      # the process's own C library
-    except (ValueError, OSError, AttributeError):
+    except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
     _MALLOC_KEPT = bool(mallopt(m_mmap_threshold, KEEP_BYTES)) and bool(mallopt(m_trim_threshold, KEEP_BYTES))

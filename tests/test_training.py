@@ -81,7 +81,8 @@ import resource, sys, torch
 if sys.argv[1] == "labsupport":
     from labsupport.training import configure_threads
     configure_threads()
-torch.ones(8 * 2**20)                 # 32 MiB: over glibc's largest default mapping threshold
+for _ in range(16):                   # the heap settles: small blocks fragment it for the first few
+    torch.ones(8 * 2**20)             # 32 MiB: over glibc's largest default mapping threshold
 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     torch.ones(8 * 2**20)
@@ -90,16 +91,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 
 
 def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again():
-    """After configure_threads, ten 32 MiB tensors one after the other page-fault in at most twice
-    (8,192 pages each), where plain torch with glibc's default malloc maps each one afresh."""
+    """After configure_threads, once the heap has settled, ten more 32 MiB tensors one after the
+    other reuse the same freed block: not one of them page-faults in (8,192 pages each), where
+    plain torch with glibc's default malloc maps each one afresh. (While the heap settles, the
+    first one to six tensors of a process may still fault in: the small blocks allocated between
+    them leave the freed block a few bytes short for the next aligned one.)"""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    try:
-        os.confstr("CS_GNU_LIBC_VERSION")
-    except (ValueError, OSError):
+    if not training.glibc():
         pytest.skip("keep_freed_memory acts on glibc only")
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.exists() and "[always]" in thp.read_text():
@@ -109,7 +111,7 @@ def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again
                                        text=True, check=True).stdout) for who in ("labsupport", "torch"))
     pages = 8 * 2**20 * 4 // 4096
     assert system >= 9 * pages, system
-    assert kept <= 2 * pages, kept
+    assert kept < pages, kept
 
 
 def test_keep_freed_memory_system_mode_and_unknown_modes(monkeypatch):
