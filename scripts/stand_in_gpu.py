@@ -6,13 +6,18 @@ device tensor with a CPU tensor raises as it would there. The SmolLM2 section of
 (a SmolLM2 tuning on the CPU takes hours; ``tests/test_llm_smol.py`` runs that section's code on
 the stand-in with a few rows). What this cannot check: CUDA's numerics and speed.
 
-    python scripts/stand_in_gpu.py [NOTEBOOK ...]      # default: every notebook in solutions/
+    python scripts/stand_in_gpu.py [--models DIR] [NOTEBOOK ...]   # default: every notebook in solutions/
+
+By default the models go to a fresh model cache, so every one is trained on the stand-in device.
+``--models DIR`` uses that cache instead: models already in it (the same quick-profile models
+trained on the CPU) are loaded onto the device rather than trained again.
 
 Exit status 1 if a notebook fails; then the executed copies (with the traceback) are kept.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -34,13 +39,17 @@ _smol.status = lambda: "left out on the stand-in GPU (hours on a CPU; tests/test
 
 
 def main() -> int:
-    notebooks = [Path(a) for a in sys.argv[1:]] or sorted((ROOT / "solutions").glob("*.ipynb"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, help="model cache to use (default: a fresh one)")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in solutions/")
+    args = parser.parse_args()
+    notebooks = args.notebooks or sorted((ROOT / "solutions").glob("*.ipynb"))
     work = Path(tempfile.mkdtemp(prefix="stand-in-gpu-"))
     startup = work / "ipython" / "profile_default" / "startup"
     startup.mkdir(parents=True)
     (startup / "00-stand-in-gpu.py").write_text(STARTUP)
     env = dict(os.environ, IPYTHONDIR=str(work / "ipython"), LABSUPPORT_PROFILE="quick",
-               LABSUPPORT_MODELS=str(work / "models"))
+               LABSUPPORT_MODELS=str(args.models or work / "models"))
     failed = []
     for nb in notebooks:
         start = time.perf_counter()
