@@ -749,7 +749,7 @@ def test_tune_many_is_instruction_tune_on_each_set(tok, tmp_path, monkeypatch):
 
 def test_lab_tune_many_takes_one_value_per_set_from_a_list(monkeypatch):
     """``lab.tune_many(a, b, epochs=[3, 4])``: a list gives each set its own value, anything
-    else is shared; a list of the wrong length is refused."""
+    else is shared; a list of the wrong length is refused. ``lab.tune(c)`` is the one-set case."""
     profile = experiments.lab3_profile("quick")
     lab = experiments.Lab3(profile, corpus=None, tok="tok", base="base")
     seen = []
@@ -758,6 +758,8 @@ def test_lab_tune_many_takes_one_value_per_set_from_a_list(monkeypatch):
     assert seen[0] == [replace(profile.tune, epochs=3, lr=1e-3), replace(profile.tune, epochs=4, lr=1e-3)]
     with pytest.raises(ValueError, match="epochs has 1 values for 2 sets"):
         lab.tune_many("a", "b", epochs=[3])
+    assert lab.tune("c", epochs=5) == "c"    # one set: the same path
+    assert seen[1] == [replace(profile.tune, epochs=5)]
 
 
 def _counting(side_by_side, steps):

@@ -543,11 +543,12 @@ class Lab3:
         return self.corpus.test
 
     def tune(self, examples: Examples, **changes) -> InstructionModel:
-        cfg = replace(self.profile.tune, **changes)
-        return instruction_tune(self.base, self.tok, examples, cfg, desc="instruction-tune")
+        """Instruction-tune :attr:`base` on ``examples`` with the profile's settings, ``changes``
+        applied (``lab.tune(ex, epochs=4)``); :meth:`tune_many` for several sets at once."""
+        return self.tune_many(examples, **changes)[0]
 
     def tune_many(self, *sets: Examples, **changes) -> list[InstructionModel]:
-        """:meth:`tune` on each set, side by side on a multi-core CPU (:func:`train.tune_many`). A
+        """Tune each set as :meth:`tune` does, side by side on a multi-core CPU (:func:`train.tune_many`). A
         change given as a list has one value per set: ``tune_many(a, b, epochs=[3, 4])``."""
         for name, value in changes.items():
             if isinstance(value, list) and len(value) != len(sets):
