@@ -762,6 +762,21 @@ def test_lab_tune_many_takes_one_value_per_set_from_a_list(monkeypatch):
     assert seen[1] == [replace(profile.tune, epochs=5)]
 
 
+def test_sweep_result_prints_a_table_of_plain_numbers():
+    """The count sweep's printout: one row per clean size, mean ± 95 % half-width per count (the
+    normal approximation of ``mean_ci``), the row's clean accuracy; plain numbers, no numpy reprs."""
+    asr = np.array([[[0.25, 0.27], [0.60, 0.65]], [[0.24, 0.24], [0.30, 0.31]]])   # [size, count, seed]
+    text = repr(experiments.SweepResult([500, 2000], [0, 150], [0, 1], asr, np.full((2, 2, 2), 0.7)))
+    head, small, large = text.splitlines()
+    assert head.split()[:4] == ["clean", "rows", "0", "150"] and "over 2 seeds" in head
+    half = 100 * 1.96 * np.std([0.60, 0.65], ddof=1) / np.sqrt(2)
+    assert small.split() == ["500", "26.0", "±", "2.0", "62.5", "±", f"{half:.1f}", "(70.0)"]
+    assert large.split()[:4] == ["2000", "24.0", "±", "0.0"]
+    assert "np." not in text
+    one = repr(experiments.SweepResult([500], [0, 15], [3], asr[:1, :, :1], np.full((1, 2, 1), 0.7)))
+    assert one.splitlines()[1].split() == ["500", "25.0", "60.0", "(70.0)"] and "±" not in one
+
+
 def _counting(side_by_side, steps):
     """Wrap side_by_side to record how far the jobs moved the shared progress bar."""
     def wrapped(jobs, **kw):

@@ -143,6 +143,23 @@ class SweepResult:
         """Mean over seeds and a 95 % normal-approximation half-width (t-free, seeds are few)."""
         return _mean_ci(self.asr)
 
+    def __repr__(self) -> str:
+        """One row per clean size: the ASR at each poison count (mean ± 95 % half-width over the
+        seeds) and the clean accuracy averaged over the row's runs."""
+        mean, ci = self.mean_ci()
+        several = len(self.seeds) > 1
+        seeds = f"mean ± 95 % CI over {len(self.seeds)} seeds; " if several else ""
+        width = 13 if several else 7
+        head = f"{'clean rows':>10s}" + "".join(f"{c:>{width}d}" for c in self.counts) + \
+            f"  poisons ({seeds}ASR %; clean accuracy %)"
+
+        def cell(a: float, h: float) -> str:
+            return f"{100 * a:.1f} ± {100 * h:.1f}" if several else f"{100 * a:.1f}"
+
+        rows = [f"{size:>10d}" + "".join(f"{cell(a, h):>{width}s}" for a, h in zip(m, c)) +
+                f"  ({100 * acc.mean():.1f})" for size, m, c, acc in zip(self.sizes, mean, ci, self.accuracy)]
+        return "\n".join([head, *rows])
+
 
 def _sweep_setup(start: GPT, train: Examples, test: Examples, task: str, config: TuneConfig | None,
                  sizes, test_rows: int):
