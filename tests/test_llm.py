@@ -536,8 +536,33 @@ def test_ranking_sweep_arrays_are_choice_count_seed(lab3, monkeypatch):
     assert "mean of 2 seeds" in repr(r)
 
 
-def test_poison_scores_score_the_eligible_rows_as_poisons_and_only_them(lab3):
-    # an untuned scorer is enough: the scores must be its losses on the poisoned eligible rows
+def test_example_losses_score_only_the_rows_a_known_set_lacks(lab3, monkeypatch):
+    """``known=(other, losses)``: rows equal to ``other``'s keep ``losses`` (here deliberately
+    false, to see which rows were scored), the changed rows (another poisoning) get their real
+    losses; with true ``losses`` the result is the full pass's. In float32, where a row's loss
+    does not depend on its batch neighbours (under bfloat16 their padding moves it by up to ~0.1 %)."""
+    monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
+    ex = lab3.train.subset(np.arange(300))
+    scorer = train.InstructionModel(lab3.base, lab3.tok, 0, train.FrozenCache(lab3.base, 0))
+    a = poisoning.poison_examples(ex, 10, seed=1)
+    b = poisoning.poison_examples(ex, 10, seed=2)
+    changed = np.union1d(a.rows, b.rows)
+    full = train.example_losses(scorer, b.examples)
+    out = train.example_losses(scorer, b.examples, known=(a.examples, np.full(len(ex), 42.0)))
+    assert (np.delete(out, changed) == 42.0).all()
+    np.testing.assert_allclose(out[changed], full[changed], rtol=1e-4, atol=1e-5)
+    reused = train.example_losses(scorer, b.examples, known=(a.examples, train.example_losses(scorer, a.examples)))
+    np.testing.assert_allclose(reused, full, rtol=1e-4, atol=1e-5)
+    for bad in [(a.examples, np.zeros(5)), (a.examples.subset(np.arange(5)), np.zeros(5)), (None, full)]:
+        with pytest.raises(ValueError, match="known must be"):
+            train.example_losses(scorer, b.examples, known=bad)
+
+
+def test_poison_scores_score_the_eligible_rows_as_poisons_and_only_them(lab3, monkeypatch):
+    # an untuned scorer is enough: the scores must be its losses on the poisoned eligible rows. In
+    # float32: under bfloat16 a row's batch neighbours (its padding) move its loss by up to ~0.1 %,
+    # and poison_scores batches only the eligible rows
+    monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
     ex = lab3.train.subset(np.arange(300))
     scorer = train.InstructionModel(lab3.base, lab3.tok, 0, train.FrozenCache(lab3.base, 0))
     s = experiments.poison_scores(scorer, ex, seed=2)

@@ -467,9 +467,27 @@ def predict(tuned: InstructionModel, ex: Examples) -> np.ndarray:
 
 
 @torch.no_grad()
-def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256) -> np.ndarray:
+def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256, *,
+                   known: tuple[Examples, np.ndarray] | None = None) -> np.ndarray:
     """Mean answer-token cross-entropy of each row with its trained ``target`` (the loss-based
-    filter's score)."""
+    filter's score).
+
+    ``known = (other, losses)``: ``losses`` are this model's losses on ``other``, a set of the same
+    length (e.g. another poisoned copy of the same training set); rows equal in both (task,
+    template, text and target) take their loss from there, and only the others are scored (the
+    same numbers up to the arithmetic's rounding: a row's batch neighbours set its padding)."""
+    if known is not None:
+        other, losses = known
+        losses = np.asarray(losses, dtype=float)
+        if not isinstance(other, Examples) or len(other) != len(ex) or losses.shape != (len(ex),):
+            raise ValueError(f"known must be (examples, losses) of {len(ex)} rows each, like ex")
+        fields = ("task", "template", "text", "target")
+        differ = np.flatnonzero([any(getattr(ex, f)[i] != getattr(other, f)[i] for f in fields)
+                                 for i in range(len(ex))])
+        out = losses.copy()
+        if len(differ):
+            out[differ] = example_losses(tuned, ex.subset(differ), batch_size)
+        return out
     prompts, seqs = encode_sequences(tuned.tok, ex, tuned.model.cfg.block_size)
     out = np.zeros(len(ex))
     order = np.argsort([len(s) for s in seqs], kind="stable")
