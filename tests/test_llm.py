@@ -556,6 +556,8 @@ def test_example_losses_score_only_the_rows_a_known_set_lacks(lab3, monkeypatch)
     for bad in [(a.examples, np.zeros(5)), (a.examples.subset(np.arange(5)), np.zeros(5)), (None, full)]:
         with pytest.raises(ValueError, match="known must be"):
             train.example_losses(scorer, b.examples, known=bad)
+    with pytest.raises(ValueError, match=r"known losses must be finite; rows \[3\]"):
+        train.example_losses(scorer, b.examples, known=(a.examples, np.where(np.arange(len(ex)) == 3, np.nan, full)))
 
 
 def test_poison_scores_score_the_eligible_rows_as_poisons_and_only_them(lab3, monkeypatch):

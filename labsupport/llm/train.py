@@ -481,6 +481,8 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256,
         losses = np.asarray(losses, dtype=float)
         if not isinstance(other, Examples) or len(other) != len(ex) or losses.shape != (len(ex),):
             raise ValueError(f"known must be (examples, losses) of {len(ex)} rows each, like ex")
+        if not np.isfinite(losses).all():
+            raise ValueError(f"known losses must be finite; rows {np.flatnonzero(~np.isfinite(losses))[:5]} are not")
         fields = ("task", "template", "text", "target")
         differ = np.flatnonzero([any(getattr(ex, f)[i] != getattr(other, f)[i] for f in fields)
                                  for i in range(len(ex))])
