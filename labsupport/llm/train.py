@@ -483,9 +483,10 @@ def example_losses(tuned: InstructionModel, ex: Examples, batch_size: int = 256,
             raise ValueError(f"known must be (examples, losses) of {len(ex)} rows each, like ex")
         if not np.isfinite(losses).all():
             raise ValueError(f"known losses must be finite; rows {np.flatnonzero(~np.isfinite(losses))[:5]} are not")
-        fields = ("task", "template", "text", "target")
-        differ = np.flatnonzero([any(getattr(ex, f)[i] != getattr(other, f)[i] for f in fields)
-                                 for i in range(len(ex))])
+        def rows(e: Examples):   # what a row's loss depends on
+            return zip(e.task, e.template, e.text, e.target)
+
+        differ = np.flatnonzero([a != b for a, b in zip(rows(ex), rows(other))])
         out = losses.copy()
         if len(differ):
             out[differ] = example_losses(tuned, ex.subset(differ), batch_size)
