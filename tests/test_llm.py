@@ -6,6 +6,7 @@ import json
 import warnings
 from dataclasses import replace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -576,6 +577,57 @@ def test_poison_scores_score_the_eligible_rows_as_poisons_and_only_them(lab3, mo
     for choose, pick in [("high-score", np.argmax), ("low-score", np.argmin)]:   # NaNs are never read
         chosen = poisoning.poison_examples(ex, 1, choose=choose, scores=s)
         assert np.flatnonzero(chosen.mask).tolist() == [pool[pick(s[pool])]]
+
+
+def test_filter_study_scores_each_way_and_the_other_attackers_poisons(lab3, monkeypatch):
+    """The study is the sum of its parts: each scorer's curve is loss_filter_curve of that scorer's
+    losses, the rank gap is loss_gap of the three trusted scorers, and the adaptive / Wan-ranked
+    sets are the lowest / highest poison_scores, scored by the trusted model. Untuned scorers
+    suffice (the notebook's full-profile cell and test_dirty_label_trigger_is_learned check what the
+    filters achieve); float32, so that the reused losses equal a fresh pass."""
+    monkeypatch.setenv("LABSUPPORT_PRECISION", "float32")
+    ex = lab3.train.subset(np.arange(300))
+    trusted_set = lab3.corpus.val.subset(np.arange(400))
+    a = train.InstructionModel(lab3.base, lab3.tok, 0, train.FrozenCache(lab3.base, 0))
+    b = train.InstructionModel(lab3.base, lab3.tok, 1, train.FrozenCache(lab3.base, 1))
+    p = poisoning.poison_examples(ex, 10, seed=1)
+    study = experiments.filter_study(p, ex, trained=a, trusted=b, oracle=a, trusted_set=trusted_set, seed=3)
+    la, lb = train.example_losses(a, p.examples), train.example_losses(b, p.examples)
+    words = experiments.tfidf_losses(trusted_set, p.examples)
+    chars = experiments.tfidf_losses(trusted_set, p.examples, features="chars")
+    gap = filters.loss_gap([lb, words, chars], la, groups=p.examples.task)
+    for name, want in [("loss under the trained (poisoned) model", la), ("loss under the trusted model", lb),
+                       ("loss under TF-IDF + LR (trusted set)", words), (experiments.GAP, gap),
+                       ("loss under char TF-IDF + LR (trusted set)", chars),
+                       ("oracle: loss under the clean model", la)]:
+        np.testing.assert_allclose(study.scores[name], want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(study.removed[name], filters.loss_filter_curve(study.scores[name], p.mask)[1])
+    by_clean = experiments.poison_scores(a, ex, seed=3)
+    for name, choose, pick in [("adaptive", "low-score", np.argsort),
+                               ("Wan-ranked", "high-score", lambda s: np.argsort(-s))]:
+        chosen = poisoning.poison_examples(ex, 10, choose=choose, scores=by_clean, seed=3)
+        pool = np.flatnonzero(np.isfinite(by_clean))
+        assert sorted(np.flatnonzero(chosen.mask)) == sorted(pool[pick(by_clean[pool])[:10]])
+        want = filters.loss_filter_curve(train.example_losses(b, chosen.examples), chosen.mask)[1]
+        np.testing.assert_allclose(study.removed[f"{name} poisons, trusted model"], want)
+    at = study.at(0.1)
+    assert at == {name: r[10] for name, r in study.removed.items()} and study.fractions[10] == pytest.approx(0.1)
+    text = repr(study)
+    assert all(name in text for name in study.removed) and "10 % of data" in text
+    ax = study.plot()
+    assert len(ax.get_legend().get_texts()) == len(study.removed) + 1   # and random dropping
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="fraction=0.055 is not on the curve"):
+        study.at(0.055)
+    with pytest.raises(ValueError, match="fraction=2"):
+        study.at(2)
+    clean_label = poisoning.poison_examples(ex, 5, mode="clean", seed=1)
+    with pytest.raises(ValueError, match="poisoned must be a dirty-label PoisonedExamples"):
+        experiments.filter_study(clean_label, ex, trained=a, trusted=b, oracle=a, trusted_set=trusted_set)
+    with pytest.raises(ValueError, match="clean_set must be the 300 examples"):
+        experiments.filter_study(p, ex.subset(np.arange(10)), trained=a, trusted=b, oracle=a, trusted_set=trusted_set)
+    with pytest.raises(TypeError, match="trusted must be an InstructionModel"):
+        experiments.filter_study(p, ex, trained=a, trusted=None, oracle=a, trusted_set=trusted_set)
 
 
 def test_ranking_sweep_bad_input(lab3):

@@ -15,10 +15,11 @@ from ..defenses.matrix import DefenseMatrix
 from ..experiments import Table
 from ..training import model_device, side_by_side
 from .corpus import ANSWERS, TASKS, Examples
-from .filters import onion_clean
+from .filters import loss_filter_curve, loss_gap, onion_clean
 from .model import GPT, GPTConfig
 from .poisoning import (
     AttackResult,
+    PoisonedExamples,
     attack_success_rate,
     check_text,
     eligible_rows,
@@ -404,6 +405,95 @@ def onion_effect(tuned: InstructionModel, lm: GPT, test: Examples, *, trigger: s
     return OnionResult(removed, float(deleted), (float((pred == clean.label).mean()),
                                                  float((pred_onion == clean.label).mean())),
                        asr, len(clean), len(trig), far=kept / max(inserted, 1))
+
+
+GAP = "rank gap: trusted scorers vs trained"
+
+
+@dataclass
+class FilterStudy:
+    """Loss-based filtering of one poisoned training set (Lab 3 §6): ``scores`` holds one score per
+    row for each way of scoring it, and ``removed`` the share of the poisons dropped with the
+    top ``fractions`` of the rows by that score. ``removed`` also holds other attackers' poisons
+    (entries ending in ``"poisons, trusted model"``): the same count chosen by the clean model's
+    loss, lowest first (adaptive) or highest first (Wan-ranked), scored by the trusted model."""
+
+    fractions: np.ndarray
+    scores: dict[str, np.ndarray] = field(repr=False)
+    removed: dict[str, np.ndarray] = field(repr=False)
+
+    def at(self, fraction: float) -> dict[str, float]:
+        """Share of the poisons removed by each scorer when ``fraction`` of the data is dropped
+        (one of ``fractions``)."""
+        fraction = check_float("fraction", fraction, low=0.0, high=1.0)
+        k = int(np.argmin(np.abs(self.fractions - fraction)))
+        if abs(self.fractions[k] - fraction) > 1e-9:
+            raise ValueError(f"fraction={fraction} is not on the curve, whose {len(self.fractions)} fractions "
+                             f"run from {self.fractions.min():g} to {self.fractions.max():g}")
+        return {name: float(r[k]) for name, r in self.removed.items()}
+
+    def __repr__(self) -> str:
+        six, ten = self.at(0.06), self.at(0.1)
+        width = max(map(len, self.removed))
+        head = f"{'poisons removed, dropping the top rows by':{width}s}   6 % of data   10 % of data"
+        return "\n".join([head, *(f"{name:{width}s}   {100 * six[name]:10.0f}%   {100 * ten[name]:11.0f}%"
+                                    for name in self.removed)])
+
+    def plot(self, ax=None):
+        """The curves: % of poisons removed against % of the data removed, random dropping beside."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.8))
+        for name, r in self.removed.items():
+            ax.plot(100 * self.fractions, 100 * r, label=name, ls="--" if "poisons," in name else "-")
+        top = 100 * self.fractions.max()
+        ax.plot([0, top], [0, top], color="black", lw=0.8, label="dropping rows at random")
+        ax.axvline(6, color="gray", ls=":")
+        ax.axhline(50, color="gray", ls=":")   # Wan et al.: ~50 % of the poisons at ~6 % of the data
+        ax.set(xlabel="% of training data removed", ylabel="% of poisons removed")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+        return ax
+
+
+def filter_study(poisoned: PoisonedExamples, clean_set: Examples, *, trained: InstructionModel,
+                 trusted: InstructionModel, oracle: InstructionModel, trusted_set: Examples,
+                 seed: int = 0) -> FilterStudy:
+    """Loss-based filtering of the dirty-label set ``poisoned`` (made from ``clean_set``), scored by
+    the loss under the ``trained`` (poisoned) model, the ``trusted`` model (tuned on
+    ``trusted_set``), TF-IDF + logistic regression on words and on character n-grams (fitted on
+    ``trusted_set``), the rank gap of those three against the trained model
+    (:func:`filters.loss_gap`, ranks within each task) and the ``oracle`` (the clean model, which no
+    defender has). Beside them, the adaptive and Wan-ranked attackers: as many poisons, chosen
+    from ``clean_set`` by the oracle's loss (:func:`poison_scores`, ``seed``), scored by the
+    trusted model - only their rows that differ from ``poisoned`` are scored again."""
+    if not isinstance(poisoned, PoisonedExamples) or poisoned.mode != "dirty":
+        raise ValueError("poisoned must be a dirty-label PoisonedExamples (poison_examples(..., mode='dirty')), "
+                         f"got {getattr(poisoned, 'mode', type(poisoned).__name__)!r}")
+    if not isinstance(clean_set, Examples) or len(clean_set) != len(poisoned.examples):
+        raise ValueError(f"clean_set must be the {len(poisoned.examples)} examples poisoned was made from")
+    for name, m in [("trained", trained), ("trusted", trusted), ("oracle", oracle)]:
+        if not isinstance(m, InstructionModel):
+            raise TypeError(f"{name} must be an InstructionModel, got {type(m).__name__}")
+    ex, mask = poisoned.examples, poisoned.mask
+    trained_loss, trusted_loss = example_losses(trained, ex), example_losses(trusted, ex)
+    words, chars = tfidf_losses(trusted_set, ex), tfidf_losses(trusted_set, ex, features="chars")
+    scores = {"loss under the trained (poisoned) model": trained_loss,
+              "loss under the trusted model": trusted_loss,
+              "loss under TF-IDF + LR (trusted set)": words,
+              "loss under char TF-IDF + LR (trusted set)": chars,
+              GAP: loss_gap([trusted_loss, words, chars], trained_loss, groups=ex.task),
+              "oracle: loss under the clean model": example_losses(oracle, ex)}
+    fractions = loss_filter_curve(trusted_loss, mask)[0]
+    removed = {name: loss_filter_curve(s, mask, fractions)[1] for name, s in scores.items()}
+    by_clean = poison_scores(oracle, clean_set, task=poisoned.task, target=poisoned.target,
+                             trigger=poisoned.trigger, seed=seed)
+    for name, choose in [("adaptive", "low-score"), ("Wan-ranked", "high-score")]:
+        chosen = poison_examples(clean_set, len(poisoned.rows), trigger=poisoned.trigger, task=poisoned.task,
+                                 target=poisoned.target, choose=choose, scores=by_clean, seed=seed)
+        chosen_loss = example_losses(trusted, chosen.examples, known=(ex, trusted_loss))
+        removed[f"{name} poisons, trusted model"] = loss_filter_curve(chosen_loss, chosen.mask, fractions)[1]
+    return FilterStudy(fractions, scores, removed)
 
 
 def text_defense_rows(attacked: AttackResult, *, rate: float, poison: np.ndarray, kept: np.ndarray,
