@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -178,6 +179,33 @@ def test_optp_statp_and_trim_on_randhie(randhie):
     robust = R.robust_mse(opt.poisoned.x, opt.poisoned.y, t.x_test, t.y_test, len(t.y_train))
     assert robust["TRIM"] <= 1.5 * clean
     assert max(robust["Huber"], robust["RANSAC"]) > 1.5 * clean
+
+
+def test_attack_curves_are_each_attacks_mse_over_the_clean_one(randhie):
+    t = randhie
+    curves = R.attack_curves({"RAND HIE": t}, (0.08, 0.2), kinds=("ridge",), iterations=5, seed=1)
+    clean = R.fit_linear(t.x_train, t.y_train).mse(t.x_test, t.y_test)
+    want = {("RAND HIE", "ridge", "OptP"): [R.optp(t, r, iterations=5, seed=1).model.mse(t.x_test, t.y_test) / clean
+                                           for r in (0.08, 0.2)],
+            ("RAND HIE", "ridge", "StatP"): [R.statp(t, r, seed=1).model.mse(t.x_test, t.y_test) / clean
+                                            for r in (0.08, 0.2)]}
+    assert curves.ratio.keys() == want.keys() and curves.rates == (0.08, 0.2)
+    for key, r in want.items():
+        np.testing.assert_allclose(curves.ratio[key], r, rtol=1e-12)
+    assert min(min(r) for r in curves.ratio.values()) > 1   # both attacks hurt at both rates
+    axes = curves.plot()
+    assert [line.get_label() for line in axes[0].get_lines()] == ["OptP ridge", "StatP ridge"]
+    plt.close(axes[0].figure)
+    for kwargs, err, match in [(dict(tasks={}), TypeError, "tasks must be a non-empty dict"),
+                               (dict(tasks=[t]), TypeError, "tasks must be"),
+                               (dict(rates=(0.2, 1.0)), ValueError, r"rates\[i\]=1.0"),
+                               (dict(rates=()), ValueError, "rates must not be empty"),
+                               (dict(kinds="ridge"), TypeError, "not one string"),
+                               (dict(kinds=("ols",)), ValueError, r"kinds\[i\]"),
+                               (dict(attacks=("OptP", "BestP")), ValueError, r"attacks\[i\]")]:
+        args = {"tasks": {"t": t}, "rates": (0.1,), **kwargs}
+        with pytest.raises(err, match=match):
+            R.attack_curves(args.pop("tasks"), args.pop("rates"), **args)
 
 
 def test_trim_starts_from_all_points_not_the_first_n(randhie):
@@ -382,6 +410,28 @@ def test_gradient_canceling_bad_input():
                         ]:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+def test_canceling_result_tables_and_plot_show_its_numbers():
+    raw = GC.CancelingResult(80.0, 70.0, 0.5, (0.03,), [75.0], [79.0], [72.0], bias=0.1, box=[0.2])
+    res = GC.CancelingResult(80.0, 74.0, 0.25, (0.03, 0.1), [77.0, 76.0], [79.0, 78.0], [71.0, 70.0],
+                             bias=0.0, box=[0.15, 0.1], raw=raw)
+    head, rule, own, refit = res.targets_table().splitlines()
+    assert head.split("  ")[0] == "target" and "GC drop at eps = 0.03" in head and set(rule) == {"-"}
+    assert own.split() == ["GradPC", "as", "it", "is", "70.0", "%", "0.500", "0.100", "0.200", "5.0", "8.0"]
+    assert refit.split() == ["GradPC,", "bias", "re-fitted", "74.0", "%", "0.250", "0.000", "0.150", "3.0", "9.0"]
+    lines = res.drops_table(paper=["21.1", "57.0"]).splitlines()
+    assert "label flipping drop" in lines[0] and "paper (MNIST LR, GC)" in lines[0]
+    assert [line.split() for line in lines[2:]] == [["0.03", "3.0", "9.0", "1.0", "21.1"],
+                                                    ["0.1", "4.0", "10.0", "2.0", "57.0"]]
+    alone = GC.CancelingResult(80.0, 74.0, 0.25, (0.1,), [76.0], [78.0], box=[0.1])   # no raw, no unboxed
+    assert alone.targets_table().splitlines()[-1].split() == ["GradPC", "74.0", "%", "0.250", "0.000", "0.100", "4.0"]
+    assert alone.drops_table().splitlines()[-1].split() == ["0.1", "4.0", "2.0"]
+    with pytest.raises(ValueError, match=r"paper must hold one figure per epsilon \(2\), got 3"):
+        res.drops_table(paper=["1", "2", "3"])
+    ax = res.plot()
+    assert ax.get_xscale() == "log" and len(ax.get_lines()) == 3
+    plt.close(ax.figure)
 
 
 def _logreg_objective(m, x, y, l2):

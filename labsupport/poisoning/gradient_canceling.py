@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .._validate import check_float, check_int, check_labels
+from ..experiments import text_table
 from .common import Poisoned
 from .label_flip import flip_labels
 
@@ -365,6 +366,47 @@ class CancelingResult:
             out["gradient canceling, no pixel box"] = [self.clean - a for a in self.unboxed]
         out["label flipping"] = [self.clean - a for a in self.flipping]
         return out
+
+    def targets_table(self) -> str:
+        """The target(s) attacked: accuracy, the reachability threshold τ, the bias and box
+        thresholds and gradient canceling's drop at the smallest ε; GradPC's own target (``raw``)
+        first where the bias was re-fitted."""
+        e0 = min(self.epsilons)
+        rows = [["target", "test accuracy", "tau", "bias threshold", "box threshold", f"GC drop at eps = {e0:g}"]
+                + (["... no pixel box"] if self.unboxed else [])]
+        for name, r in ([("GradPC as it is", self.raw), ("GradPC, bias re-fitted", self)] if self.raw
+                        else [("GradPC", self)]):
+            i = r.epsilons.index(min(r.epsilons))
+            d = r.drops()
+            rows.append([name, f"{r.target:.1f} %", f"{r.tau:.3f}", f"{r.bias:.3f}", f"{r.box[i]:.3f}",
+                         f"{d['gradient canceling'][i]:.1f}"]
+                        + ([f"{d['gradient canceling, no pixel box'][i]:.1f}"] if r.unboxed else []))
+        return text_table(rows)
+
+    def drops_table(self, paper: Sequence[str] | None = None) -> str:
+        """Accuracy drop (points) per ε for each attack, with a column of published figures
+        (``paper``, one string per ε) where given."""
+        drops = self.drops()
+        if paper is not None and len(paper) != len(self.epsilons):
+            raise ValueError(f"paper must hold one figure per epsilon ({len(self.epsilons)}), got {len(paper)}")
+        names = {"gradient canceling": "gradient canceling drop",
+                 "gradient canceling, no pixel box": "... without the pixel box",
+                 "label flipping": "label flipping drop"}
+        rows = [["epsilon"] + [names[k] for k in drops] + (["paper (MNIST LR, GC)"] if paper is not None else [])]
+        for i, e in enumerate(self.epsilons):
+            rows.append([f"{e:g}"] + [f"{v[i]:.1f}" for v in drops.values()]
+                        + ([paper[i]] if paper is not None else []))
+        return text_table(rows)
+
+    def plot(self, ax=None):
+        """Accuracy drop against ε (log axis), one line per attack. Returns the axes."""
+        from ..viz import plot_curve
+
+        fig = plot_curve(list(self.epsilons), self.drops(), xlabel="epsilon (poisons / clean points)",
+                         ylabel="accuracy drop (points)", title="model-targeted vs label flipping", ax=ax)
+        ax = ax or fig.axes[0]
+        ax.set_xscale("log")
+        return ax
 
 
 def canceling_experiment(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,

@@ -213,6 +213,63 @@ def statp(task: RegressionTask, rate: float, *, kind: str = "ridge", lam: float 
                             model, [model.mse(task.x_val, task.y_val)])
 
 
+@dataclass
+class AttackCurves:
+    """Test MSE of the poisoned model over the clean model's, per (task, kind, attack) and rate."""
+
+    rates: tuple[float, ...]
+    ratio: dict[tuple[str, str, str], list[float]]
+
+    def plot(self, axes=None):
+        """One panel per task: MSE ratio against the poisoning rate (log scale), one line per kind
+        and attack. Returns the axes."""
+        import matplotlib.pyplot as plt
+
+        tasks = list(dict.fromkeys(t for t, _, _ in self.ratio))
+        if axes is None:
+            _, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.4), squeeze=False)
+            axes = axes[0]
+        for ax, task in zip(axes, tasks):
+            for (t, kind, attack), r in self.ratio.items():
+                if t == task:
+                    ax.plot([100 * x for x in self.rates], r, "o-" if attack == "OptP" else "s--",
+                            label=f"{attack} {kind}")
+            ax.set(title=task, xlabel="poisoning rate p/(n+p) (%)", ylabel="test MSE / clean MSE", yscale="log")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        return axes
+
+
+ATTACKS = ("OptP", "StatP")
+
+
+def attack_curves(tasks: dict[str, RegressionTask], rates: Sequence[float], *, kinds=("ridge", "lasso"),
+                  attacks=ATTACKS, iterations: int = 50, seed: int = 0) -> AttackCurves:
+    """Jagielski et al.'s figures: for each task, kind (ridge / LASSO) and attack (OptP with
+    ``iterations`` outer steps, StatP), the test MSE after poisoning at each rate over the clean
+    model's."""
+    if not isinstance(tasks, dict) or not tasks or not all(isinstance(t, RegressionTask) for t in tasks.values()):
+        raise TypeError("tasks must be a non-empty dict of name -> RegressionTask (regression_task(...))")
+    if isinstance(kinds, str) or isinstance(attacks, str):
+        raise TypeError("kinds and attacks must be sequences, e.g. ('ridge',), not one string")
+    rates = tuple(check_float("rates[i]", r, low=0.0, high=1.0, low_open=True, high_open=True) for r in rates)
+    if not rates:
+        raise ValueError("rates must not be empty")
+    for k in kinds:
+        check_choice("kinds[i]", k, REGRESSORS)
+    for a in attacks:
+        check_choice("attacks[i]", a, ATTACKS)
+    ratio = {}
+    for name, task in tasks.items():
+        for kind in kinds:
+            clean = fit_linear(task.x_train, task.y_train, kind).mse(task.x_test, task.y_test)
+            for attack in attacks:
+                run = [optp(task, r, kind=kind, iterations=iterations, seed=seed) if attack == "OptP"
+                       else statp(task, r, kind=kind, seed=seed) for r in rates]
+                ratio[name, kind, attack] = [a.model.mse(task.x_test, task.y_test) / clean for a in run]
+    return AttackCurves(rates, ratio)
+
+
 def trimmed_loss(model: LinearModel, x: np.ndarray, y: np.ndarray, n: int) -> float:
     """TRIM's objective: the mean of the ``n`` smallest squared residuals."""
     return float(np.mean(np.sort((model.predict(x) - y) ** 2)[:n]))
