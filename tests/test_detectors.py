@@ -213,6 +213,22 @@ def test_activations_layers(small):
     assert bool((activations(model, x, "hidden.0") >= 0).all())   # after the ReLU
 
 
+def test_pruning_plot_curves_draws_asr_and_ca_per_defender():
+    import matplotlib.pyplot as plt
+    a = pruning.PruningCurve([0.0, 0.9], [85.0, 83.0], [40.0, 12.0], (86.0, 99.0))
+    b = pruning.PruningCurve([0.0, 0.9], [84.0, 80.0], [60.0, 18.0], (86.0, 99.0))
+    fig = pruning.plot_curves({"a": a, "b": b}, title="t")
+    asr, ca = fig.axes[:2]
+    assert [list(line.get_ydata()) for line in asr.get_lines()] == [[40.0, 12.0], [60.0, 18.0]]
+    assert [list(line.get_ydata()) for line in ca.get_lines()] == [[85.0, 83.0], [84.0, 80.0]]
+    assert asr.get_title() == "t" and ca.get_title() == "clean accuracy (before: 86.0%)"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="same ratios"):
+        pruning.plot_curves({"a": a, "c": pruning.PruningCurve([0.0], [85.0], [40.0], (86.0, 99.0))})
+    with pytest.raises(TypeError, match="curves must be a non-empty dict"):
+        pruning.plot_curves([a])
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda m, x, y: activations(m, x, "conv9"), "layer='conv9' is not a layer of MLP"),
     (lambda m, x, y: spectral.spectral_signatures(m, x, y, eps=0.0), "eps=0.0 is out of range"),

@@ -108,6 +108,29 @@ class PruningCurve:
         return f"PruningCurve(before CA {self.before[0]:.1f} / ASR {self.before[1]:.1f}; {pts})"
 
 
+def plot_curves(curves: dict[str, PruningCurve], *, title: str = "fine-pruning"):
+    """Two panels, ASR and clean accuracy against the pruning ratio, one line per named curve (all
+    measured at the same ratios); the clean accuracy before pruning in the second panel's title,
+    where every curve shares it. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from ..viz import plot_curve
+
+    if not isinstance(curves, dict) or not curves or not all(isinstance(c, PruningCurve) for c in curves.values()):
+        raise TypeError("curves must be a non-empty dict of name -> PruningCurve (pruning_curve(...))")
+    ratios = next(iter(curves.values())).ratios
+    if any(c.ratios != ratios for c in curves.values()):
+        raise ValueError(f"every curve must use the same ratios; got {[c.ratios for c in curves.values()]}")
+    before = {round(c.before[0], 1) for c in curves.values()}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    plot_curve(ratios, {k: c.asr for k, c in curves.items()}, xlabel="fraction of units pruned", ylabel="ASR (%)",
+               title=title, ax=axes[0])
+    plot_curve(ratios, {k: c.ca for k, c in curves.items()}, xlabel="fraction of units pruned", ylabel="CA (%)",
+               title=f"clean accuracy (before: {before.pop():.1f}%)" if len(before) == 1 else "clean accuracy",
+               ax=axes[1])
+    return fig
+
+
 def pruning_curve(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, ratios: Sequence[float],
                   x_eval: torch.Tensor, y_eval: torch.Tensor, trigger: Callable[[torch.Tensor], torch.Tensor],
                   target: int, *, config: TrainConfig | None = None, progress: bool = True) -> PruningCurve:
