@@ -53,6 +53,21 @@ def test_random_flip_exercise_accepts_the_reference():
 
 
 @pytest.mark.slow
+def test_flip_curve_table_lists_each_mode_and_rate_mean_over_seeds():
+    from labsupport.poisoning.label_flip import FlipCurve
+    curve = FlipCurve((0.03, 0.1), (0, 1),
+                      acc={"mlp": {"random": np.array([[80.0, 82.0], [70.0, 72.0]]),
+                                   "targeted": np.array([[60.0, 61.0], [50.0, 50.0]])},
+                           "cnn": {"random": np.array([[90.0, 90.0], [85.0, 86.0]]),
+                                   "targeted": np.array([[70.0, 70.0], [65.0, 65.0]])}},
+                      clean={"mlp": np.array([85.0, 87.0]), "cnn": np.array([91.0, 91.0])})
+    head, _, mlp, cnn = curve.table(paper={"mlp": "98 -> 97"}).split("\n")
+    assert head.split("  ")[:2] == ["model", "clean"] and "targeted 10 %" in head and head.endswith("paper")
+    assert mlp.split() == ["mlp", "86.0", "81.0", "71.0", "60.5", "50.0", "98", "->", "97"]
+    assert cnn.split() == ["cnn", "91.0", "90.0", "85.5", "70.0", "65.0"]
+    assert "paper" not in curve.table().split("\n")[0]
+
+
 def test_chosen_flips_hurt_more_than_random_ones():
     data = ls.load_dataset("fashion-mnist").subset(5000, 2000, seed=0)
     curve = ls.poisoning.flip_curve(data, models=("mlp",), modes=("random", "confident"), rates=(0.03, 0.1),
@@ -551,6 +566,21 @@ def test_from_scratch_victim_differs_from_the_clean_one_only_by_the_poisons():
     assert "clean victim already puts" in str(scratch)
     with pytest.raises(ValueError, match="setups"):
         FC.from_scratch(task, setups[:3], result, config=config)
+
+
+def test_budget_summary_and_plot_show_success_and_collateral():
+    two = FC.FrogsResult("2", np.array([1, 1, 0, 1]), np.array([0.801]), 0.805)   # 75 %, drop 0.4
+    three = FC.FrogsResult("3", np.array([1, 1, 1, 1]), np.array([0.795]), 0.805)  # 100 %, drop 1.0
+    lines = FC.budget_summary({2: two, 3: three}).splitlines()
+    assert lines == ["2 poison(s)/target: success  75% ± 22, clean-accuracy drop 0.40 points  <- both targets",
+                     "3 poison(s)/target: success 100% ± 0, clean-accuracy drop 1.00 points"]
+    assert "<-" not in FC.budget_summary({2: two}, success=0.8)
+    fig = FC.plot_budget({2: two, 3: three})
+    ax, ax2 = fig.axes
+    assert list(ax2.get_lines()[0].get_ydata()) == pytest.approx([0.4, 1.0])
+    plt.close(fig)
+    with pytest.raises(TypeError, match="budget must be budget_curve's"):
+        FC.plot_budget({})
 
 
 def test_poison_frogs_bad_setups_name_the_problem():

@@ -339,6 +339,43 @@ def budget_curve(task: TransferTask, setups: list[dict[str, int]], result: Frogs
     return out
 
 
+def budget_summary(budget: dict[int, FrogsResult], *, success: float = 0.7, ca_drop: float = 0.5) -> str:
+    """One line per budget of :func:`budget_curve`: success ± its standard error and the
+    clean-accuracy drop, marked where both targets (success >= ``success``, drop <= ``ca_drop``
+    points) hold."""
+    _check_budget(budget)
+    return "\n".join(f"{c} poison(s)/target: success {100 * r.rate:3.0f}% ± {100 * r.error_bar:.0f}, "
+                     f"clean-accuracy drop {r.ca_drop:.2f} points"
+                     + ("  <- both targets" if r.rate >= success and r.ca_drop <= ca_drop else "")
+                     for c, r in budget.items())
+
+
+def plot_budget(budget: dict[int, FrogsResult], *, success: float = 0.7, ca_drop: float = 0.5):
+    """Success (with error bars) and the clean-accuracy drop against the poisons per target, on two
+    y axes, the two targets dotted. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    _check_budget(budget)
+    counts, runs = list(budget), list(budget.values())
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.errorbar(counts, [100 * r.rate for r in runs], yerr=[100 * r.error_bar for r in runs], marker="o", capsize=3,
+                label="success (%)")
+    ax2 = ax.twinx()
+    ax2.plot(counts, [r.ca_drop for r in runs], "s--", color="tab:red", label="clean-accuracy drop")
+    ax.set(xlabel="poisons per target", ylabel="success (%)", xticks=counts)
+    ax2.set_ylabel("clean-accuracy drop (points)", color="tab:red")
+    ax.axhline(100 * success, color="gray", ls=":")
+    ax2.axhline(ca_drop, color="tab:red", ls=":", lw=0.8)
+    ax.set_title("the attacker's budget: success vs collateral damage")
+    fig.tight_layout()
+    return fig
+
+
+def _check_budget(budget) -> None:
+    if not isinstance(budget, dict) or not budget or not all(isinstance(r, FrogsResult) for r in budget.values()):
+        raise TypeError("budget must be budget_curve's non-empty dict of poisons per target -> FrogsResult")
+
+
 def _poisons_per_target(setups: list[dict[str, int]], result: FrogsResult) -> int:
     if not isinstance(result, FrogsResult) or result.poisons is None or result.base_rows is None:
         raise TypeError("result must be a FrogsResult from poison_frogs (with its poisons)")

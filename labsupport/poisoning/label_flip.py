@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_class, check_int, check_labels
 from ..data import ImageData
+from ..experiments import text_table
 from ..metrics import clean_accuracy
 from ..training import TrainConfig, predict_proba, train_model
 from .common import Poisoned, poison_count
@@ -108,6 +109,17 @@ class FlipCurve:
         """Mean accuracy drop in points at ``rate`` (vs the clean models of the same seeds)."""
         i = self.rates.index(rate)
         return float((self.clean[model] - self.acc[model][mode][i]).mean())
+
+    def table(self, paper: dict[str, str] | None = None, paper_title: str = "paper") -> str:
+        """Mean test accuracy (%) over the seeds: one row per model, clean and then each mode at
+        each rate; ``paper`` adds a column of published figures (model -> text)."""
+        modes = list(next(iter(self.acc.values()))) if self.acc else []
+        head = ["model", "clean"] + [f"{mode} {100 * r:g} %" for mode in modes for r in self.rates]
+        rows = [head + ([paper_title] if paper is not None else [])]
+        for m in self.acc:
+            accs = [f"{a:.1f}" for mode in modes for a in self.mean_std(m, mode)[0]]
+            rows.append([m, f"{self.clean[m].mean():.1f}", *accs] + ([paper.get(m, "")] if paper is not None else []))
+        return text_table(rows)
 
 
 def flip_curve(data: ImageData, *, models: Sequence[str] = ("logreg", "mlp", "cnn"),
