@@ -433,11 +433,13 @@ class FilterStudy:
         return {name: float(r[k]) for name, r in self.removed.items()}
 
     def __repr__(self) -> str:
-        six, ten = self.at(0.06), self.at(0.1)
-        width = max(map(len, self.removed))
-        head = f"{'poisons removed, dropping the top rows by':{width}s}   6 % of data   10 % of data"
-        return "\n".join([head, *(f"{name:{width}s}   {100 * six[name]:10.0f}%   {100 * ten[name]:11.0f}%"
-                                    for name in self.removed)])
+        """The share removed at the fractions nearest 6 % (Wan et al.'s point) and 10 %."""
+        cols = sorted({int(np.argmin(np.abs(self.fractions - f))) for f in (0.06, 0.1)})
+        width = max(len("poisons removed, dropping the top rows by"), *map(len, self.removed))
+        head = f"{'poisons removed, dropping the top rows by':{width}s}" + "".join(
+            f"{f'{100 * self.fractions[k]:g} % of data':>15s}" for k in cols)
+        return "\n".join([head, *(f"{name:{width}s}" + "".join(f"{f'{100 * r[k]:.0f}%':>15s}" for k in cols)
+                                    for name, r in self.removed.items())])
 
     def plot(self, ax=None):
         """The curves: % of poisons removed against % of the data removed, random dropping beside."""
