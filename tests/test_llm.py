@@ -615,7 +615,7 @@ def test_filter_study_scores_each_way_and_the_other_attackers_poisons(lab3, monk
     text = repr(study)
     assert all(name in text for name in study.removed) and "10 % of data" in text
     other = repr(experiments.FilterStudy(np.array([0.0, 0.05, 0.3]), {}, {"x": np.array([0.0, 0.5, 1.0])}))
-    assert other.splitlines()[1].split() == ["x", "50%"] and "5 % of data" in other   # the nearest fraction
+    assert other.splitlines()[2].split() == ["x", "50%"] and "5 % of data" in other   # the nearest fraction
     ax = study.plot()
     assert len(ax.get_legend().get_texts()) == len(study.removed) + 1   # and random dropping
     plt.close(ax.figure)

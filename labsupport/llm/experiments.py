@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 from .._validate import check_choice, check_float, check_int
 from ..defenses.matrix import DefenseMatrix
-from ..experiments import Table
+from ..experiments import Table, text_table
 from ..training import model_device, side_by_side
 from .corpus import ANSWERS, TASKS, Examples
 from .filters import loss_filter_curve, loss_gap, onion_clean
@@ -435,11 +435,8 @@ class FilterStudy:
     def __repr__(self) -> str:
         """The share removed at the fractions nearest 6 % (Wan et al.'s point) and 10 %."""
         cols = sorted({int(np.argmin(np.abs(self.fractions - f))) for f in (0.06, 0.1)})
-        width = max(len("poisons removed, dropping the top rows by"), *map(len, self.removed))
-        head = f"{'poisons removed, dropping the top rows by':{width}s}" + "".join(
-            f"{f'{100 * self.fractions[k]:g} % of data':>15s}" for k in cols)
-        return "\n".join([head, *(f"{name:{width}s}" + "".join(f"{f'{100 * r[k]:.0f}%':>15s}" for k in cols)
-                                    for name, r in self.removed.items())])
+        head = ["poisons removed, dropping the top rows by"] + [f"{100 * self.fractions[k]:g} % of data" for k in cols]
+        return text_table([head, *([name] + [f"{100 * r[k]:.0f}%" for k in cols] for name, r in self.removed.items())])
 
     def plot(self, ax=None):
         """The curves: % of poisons removed against % of the data removed, random dropping beside."""
@@ -486,8 +483,9 @@ def filter_study(poisoned: PoisonedExamples, clean_set: Examples, *, trained: In
               "loss under char TF-IDF + LR (trusted set)": chars,
               GAP: loss_gap([trusted_loss, words, chars], trained_loss, groups=ex.task),
               "oracle: loss under the clean model": example_losses(oracle, ex)}
-    fractions = loss_filter_curve(trusted_loss, mask)[0]
-    removed = {name: loss_filter_curve(s, mask, fractions)[1] for name, s in scores.items()}
+    curves = {name: loss_filter_curve(s, mask) for name, s in scores.items()}
+    fractions = next(iter(curves.values()))[0]
+    removed = {name: r for name, (_, r) in curves.items()}
     by_clean = poison_scores(oracle, clean_set, task=poisoned.task, target=poisoned.target,
                              trigger=poisoned.trigger, seed=seed)
     for name, choose in [("adaptive", "low-score"), ("Wan-ranked", "high-score")]:
