@@ -90,6 +90,31 @@ def test_activation_clustering_rejects_bad_reclassification_settings():
         clustering.activation_clustering(model, x, y, rule="reclassify", reclassify_top=1.5)
 
 
+def test_plot_embedding_draws_the_analysed_class_by_ground_truth():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ls.seed_everything(0)
+    model = ls.build_model("mlp", (1, 28, 28))
+    x, y = torch.rand(200, 1, 28, 28), torch.arange(10).repeat(20)
+    truth = torch.zeros(200, dtype=torch.bool)
+    truth[torch.nonzero(y == 3).flatten()[:6]] = True
+    det = clustering.activation_clustering(model, x, y, classes=[3])
+    ax = clustering.plot_embedding(det, y, truth, 3, names=("clean", "bad"))
+    z = det.info["embedding"][3][0]
+    clean, bad = (c.get_offsets() for c in ax.collections)
+    assert np.allclose(bad, z[:6]) and np.allclose(clean, z[6:])   # class 3's rows, in order
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "bad"]
+    plt.close("all")
+    with pytest.raises(ValueError, match="label=4 was not analysed; choose one of \\[3\\]"):
+        clustering.plot_embedding(det, y, truth, 4)
+    with pytest.raises(ValueError, match="truth \\(199 rows\\)"):
+        clustering.plot_embedding(det, y, truth[:-1], 3)
+    with pytest.raises(TypeError, match="activation_clustering"):
+        clustering.plot_embedding(Detection("t", torch.zeros(200), torch.zeros(200)), y, truth, 3)
+
+
 def test_detection_evaluate_counts():
     det = Detection("t", torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([True, True, False, False]))
     out = det.evaluate(torch.tensor([True, False, False, False]))

@@ -210,6 +210,8 @@ def test_attack_curves_are_each_attacks_mse_over_the_clean_one(randhie):
     assert min(min(r) for r in curves.ratio.values()) > 1   # both attacks hurt at both rates
     axes = curves.plot()
     assert [line.get_label() for line in axes[0].get_lines()] == ["OptP ridge", "StatP ridge"]
+    with pytest.raises(ValueError, match=r"axes has 2 panels; give one per task \(1: \['RAND HIE'\]\)"):
+        curves.plot(axes=[axes[0], axes[0]])
     plt.close(axes[0].figure)
     for kwargs, err, match in [(dict(tasks={}), TypeError, "tasks must be a non-empty dict"),
                                (dict(tasks=[t]), TypeError, "tasks must be"),

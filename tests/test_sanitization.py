@@ -31,6 +31,9 @@ def test_filter_thresholds_are_per_class_quantiles():
         assert (d[y == c] <= f.radius[c]).mean() == pytest.approx(0.8, abs=0.03)
         assert (s[y == c] <= f.slab[c]).mean() == pytest.approx(0.8, abs=0.03)
     assert f.keep(x, y).mean() < 0.8
+    sphere = f.keep(x, y, slab=False)   # the sphere alone
+    assert np.array_equal(sphere, d <= np.where(y > 0, f.radius[1], f.radius[-1]) * (1 + 1e-9) + 1e-9)
+    assert sphere.mean() == pytest.approx(0.8, abs=0.03) and not (f.keep(x, y) & ~sphere).any()
     assert sz.SphereSlab.fit(x, y, 1.0).keep(x, y).all()
 
 

@@ -207,3 +207,30 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     start_note = ", largest-separation start" if start != "inertia" else ""
     name = f"activation clustering ({how}, {method}, {rule}{start_note})"
     return Detection(name, scores, flags, {"classes": per_class, "embedding": embedding})
+
+
+def plot_embedding(detection: Detection, y: torch.Tensor, truth: torch.Tensor, label: int, *,
+                   names: tuple[str, str] = ("clean", "poisons"), ax=None):
+    """Scatter class ``label``'s rows on the first two reduced dimensions of an
+    :func:`activation_clustering` run, coloured by the ground truth ``truth`` (a boolean mask over
+    the rows of ``y``; ``names``: the legend of its False and True rows). Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    embedding = detection.info.get("embedding") if isinstance(detection, Detection) else None
+    if embedding is None:
+        raise TypeError("detection must be the Detection that activation_clustering(...) returned")
+    if label not in embedding:
+        raise ValueError(f"label={label!r} was not analysed; choose one of {sorted(embedding)}")
+    y, truth = torch.as_tensor(y).flatten(), torch.as_tensor(truth).bool().flatten()
+    if len(y) != len(truth) or len(detection.flags) != len(y):
+        raise ValueError(f"y ({len(y)} rows) and truth ({len(truth)} rows) must match the "
+                         f"detection's {len(detection.flags)} rows")
+    z, _ = embedding[label]
+    poison = truth[y == label].numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.scatter(z[~poison, 0], z[~poison, 1], s=2, alpha=0.4, label=names[0])
+    ax.scatter(z[poison, 0], z[poison, 1], s=2, alpha=0.4, label=names[1])
+    ax.set_title(f"class {label}, first two reduced dimensions")
+    ax.legend(markerscale=5)
+    return ax

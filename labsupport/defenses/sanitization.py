@@ -132,13 +132,16 @@ class SphereSlab:
             s[rows] = np.abs(u @ self.direction(c))
         return d, s
 
-    def keep(self, x: np.ndarray, y: np.ndarray, tol: float = 1e-9) -> np.ndarray:
-        """Boolean mask of the rows that pass both filters."""
+    def keep(self, x: np.ndarray, y: np.ndarray, tol: float = 1e-9, *, slab: bool = True) -> np.ndarray:
+        """Boolean mask of the rows that pass both filters (``slab=False``: the sphere alone)."""
         x, y = _check_binary(x, y, both=False)
         d, s = self.scores(x, y)
         r = np.where(y > 0, self.radius[1], self.radius[-1])
+        inside = d <= r * (1 + tol) + tol
+        if not slab:
+            return inside
         w = np.where(y > 0, self.slab[1], self.slab[-1])
-        return (d <= r * (1 + tol) + tol) & (s <= w * (1 + tol) + tol)
+        return inside & (s <= w * (1 + tol) + tol)
 
     def best_response(self, w: np.ndarray, b: float) -> tuple[np.ndarray, float, float]:
         """The feasible point of highest hinge loss for the linear model ``(w, b)``.

@@ -222,13 +222,15 @@ class AttackCurves:
 
     def plot(self, axes=None):
         """One panel per task: MSE ratio against the poisoning rate (log scale), one line per kind
-        and attack. Returns the axes."""
+        and attack (``axes``: one per task, in the tasks' order). Returns the axes."""
         import matplotlib.pyplot as plt
 
         tasks = list(dict.fromkeys(t for t, _, _ in self.ratio))
         if axes is None:
             _, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.4), squeeze=False)
             axes = axes[0]
+        elif len(axes) != len(tasks):
+            raise ValueError(f"axes has {len(axes)} panels; give one per task ({len(tasks)}: {tasks})")
         for ax, task in zip(axes, tasks):
             for (t, kind, attack), r in self.ratio.items():
                 if t == task:
