@@ -106,6 +106,7 @@ def test_plot_embedding_draws_the_analysed_class_by_ground_truth():
     clean, bad = (c.get_offsets() for c in ax.collections)
     assert np.allclose(bad, z[:6]) and np.allclose(clean, z[6:])   # class 3's rows, in order
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "bad"]
+    assert ax.get_title() == "class 3, first two ICA components"
     plt.close("all")
     with pytest.raises(ValueError, match="label=4 was not analysed; choose one of \\[3\\]"):
         clustering.plot_embedding(det, y, truth, 4)

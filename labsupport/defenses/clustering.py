@@ -148,7 +148,8 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         A :class:`Detection`; ``scores`` rank rows by how much nearer they lie to the suspicious
         cluster than to the other one (+2 where the class was judged poisoned), ``info["classes"]``
         holds per class the cluster sizes, silhouette, agreement and decision, and
-        ``info["embedding"]`` the first two reduced dimensions and cluster labels per class.
+        ``info["embedding"]`` the first two reduced dimensions and cluster labels per class
+        (``info["method"]``: the reduction).
     """
     check_data(x, y)
     check_choice("rule", rule, RULES)
@@ -206,7 +207,7 @@ def activation_clustering(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     how = f"{layer}, weighted" if weighted and layer == "penultimate" else layer
     start_note = ", largest-separation start" if start != "inertia" else ""
     name = f"activation clustering ({how}, {method}, {rule}{start_note})"
-    return Detection(name, scores, flags, {"classes": per_class, "embedding": embedding})
+    return Detection(name, scores, flags, {"classes": per_class, "embedding": embedding, "method": method})
 
 
 def plot_embedding(detection: Detection, y: torch.Tensor, truth: torch.Tensor, label: int, *,
@@ -231,6 +232,7 @@ def plot_embedding(detection: Detection, y: torch.Tensor, truth: torch.Tensor, l
         _, ax = plt.subplots(figsize=(4.5, 3.5))
     ax.scatter(z[~poison, 0], z[~poison, 1], s=2, alpha=0.4, label=names[0])
     ax.scatter(z[poison, 0], z[poison, 1], s=2, alpha=0.4, label=names[1])
-    ax.set_title(f"class {label}, first two reduced dimensions")
+    what = {"ica": "ICA components", "pca": "principal components"}.get(detection.info.get("method"), "dimensions")
+    ax.set_title(f"class {label}, first two {what}")
     ax.legend(markerscale=5)
     return ax
