@@ -112,6 +112,8 @@ def test_plot_embedding_draws_the_analysed_class_by_ground_truth():
         clustering.plot_embedding(det, y, truth, 4)
     with pytest.raises(ValueError, match="truth \\(199 rows\\)"):
         clustering.plot_embedding(det, y, truth[:-1], 3)
+    with pytest.raises(ValueError, match="y has 21 rows of label 3, the detection analysed 20"):
+        clustering.plot_embedding(det, torch.where(torch.arange(200) == 4, 3, y), truth, 3)
     with pytest.raises(TypeError, match="activation_clustering"):
         clustering.plot_embedding(Detection("t", torch.zeros(200), torch.zeros(200)), y, truth, 3)
 

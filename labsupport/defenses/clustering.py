@@ -228,6 +228,9 @@ def plot_embedding(detection: Detection, y: torch.Tensor, truth: torch.Tensor, l
                          f"detection's {len(detection.flags)} rows")
     z, _ = embedding[label]
     poison = truth[y == label].numpy()
+    if len(poison) != len(z):
+        raise ValueError(f"y has {len(poison)} rows of label {label}, the detection analysed {len(z)}: "
+                         "pass the labels it was run on")
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 3.5))
     ax.scatter(z[~poison, 0], z[~poison, 1], s=2, alpha=0.4, label=names[0])
