@@ -663,7 +663,7 @@ def test_frozen_cache_matches_full_forward(small, tok):
 
 def test_tuned_models_are_cached_and_verified(tok, tmp_path, monkeypatch):
     """The same tuning run again loads its verified safetensors instead of training; any change of
-    rows, answers or settings trains anew; a damaged file is retrained with a warning."""
+    rows, answers, settings or the sentence cut trains anew; a damaged file is retrained with a warning."""
     monkeypatch.setenv("LABSUPPORT_MODELS", str(tmp_path))
     torch.manual_seed(0)
     base = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_embd=32, n_head=2))
@@ -689,12 +689,16 @@ def test_tuned_models_are_cached_and_verified(tok, tmp_path, monkeypatch):
     train.instruction_tune(base, tok, changed, cfg, progress=False)
     train.instruction_tune(base, tok, ex, replace(cfg, seed=1), progress=False)
     assert len(calls) == 2 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 3
+    with monkeypatch.context() as m:   # another sentence cut is another entry (these short rows aside)
+        m.setattr(train, "MAX_TEXT_TOKENS", train.MAX_TEXT_TOKENS - 1)
+        train.instruction_tune(base, tok, ex, cfg, progress=False)
+    assert len(calls) == 3 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 4
     files[0].write_bytes(files[0].read_bytes()[:-8] + b"\0" * 8)   # damage the tensor data
     with pytest.warns(UserWarning, match="failed verification"):
         train.instruction_tune(base, tok, ex, cfg, progress=False)
-    assert len(calls) == 3
-    train.instruction_tune(base, tok, ex, cfg, reuse=False, progress=False)
     assert len(calls) == 4
+    train.instruction_tune(base, tok, ex, cfg, reuse=False, progress=False)
+    assert len(calls) == 5
 
 
 def test_long_answers_shorten_the_sentence_not_the_answer(small, tok):

@@ -414,9 +414,11 @@ def tune_many(base: GPT, tok: TextTokenizer, sets: list[Examples],
 
 def _tune_path(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfig, order: np.ndarray | None,
                dev: torch.device):
-    """Where :func:`instruction_tune` keeps the result of exactly this run."""
+    """Where :func:`instruction_tune` keeps the result of exactly this run (the rows, and how they are
+    encoded: the templates and the sentence cut, :data:`MAX_TEXT_TOKENS`)."""
     key = _digest(tensors_sha256(base.state_dict()), hashlib.sha256(tok.to_json().encode()).hexdigest(),
                   list(train.task), list(train.text), np.asarray(train.template).tolist(), list(train.target),
+                  TEMPLATES, MAX_TEXT_TOKENS,
                   config.__dict__, None if order is None else np.asarray(order).tolist(), dev.type,
                   "bf16" if bfloat16(dev) else "fp32")
     return model_cache() / f"gpt-tune-{key}.safetensors"
