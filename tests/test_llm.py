@@ -689,7 +689,7 @@ def test_tuned_models_are_cached_and_verified(tok, tmp_path, monkeypatch):
     train.instruction_tune(base, tok, changed, cfg, progress=False)
     train.instruction_tune(base, tok, ex, replace(cfg, seed=1), progress=False)
     assert len(calls) == 2 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 3
-    with monkeypatch.context() as m:   # another sentence cut is another entry (these short rows aside)
+    with monkeypatch.context() as m:   # the cut is part of the key: another cut, another entry
         m.setattr(train, "MAX_TEXT_TOKENS", train.MAX_TEXT_TOKENS - 1)
         train.instruction_tune(base, tok, ex, cfg, progress=False)
     assert len(calls) == 3 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 4
