@@ -55,6 +55,48 @@ def test_vader_sets_and_corpus(sentences):
     assert ic.train.prompt(0).endswith(("Answer:", "Sentiment:", "Source:"))
 
 
+def test_cut_keeps_the_first_whole_words_within_the_budget(sentences, tok):
+    texts = sentences.text
+    cut = tok.cut(texts, 40)
+    assert max(map(len, tok.encode_batch(cut))) <= 40
+    longer = {i for i, ids in enumerate(tok.encode_batch(texts)) if len(ids) > 40}
+    assert len(longer) > 4000   # one sentence in five
+    for i, (t, c) in enumerate(zip(texts, cut)):
+        if i not in longer:
+            assert c == t                                        # a text that fits is kept as it is
+        else:
+            assert t.startswith(c) and t[len(c)].isspace(), (t, c)   # its first whole words
+            more = c + " " + t[len(c):].split()[0]
+            assert len(tok.encode(more)) > 40, (t, c)               # as many as fit: one more does not
+    word = "a" * 300                                              # one word longer than the budget
+    assert len(tok.encode(tok.cut([word], 5)[0])) <= 5 and word.startswith(tok.cut([word], 5)[0])
+    assert tok.cut(["a b c", "a b c d e f"], 3) == ["a b c", "a b c"]
+    for bad, err in [(0, ValueError), (2.5, TypeError)]:
+        with pytest.raises(err, match="max_tokens"):
+            tok.cut(["text"], bad)
+
+
+def test_corpus_cut_keeps_rows_and_splits(sentences, tok):
+    whole = corpus.instruction_corpus(sentences, max_train={"source": 500})
+    cut = corpus.instruction_corpus(sentences, max_train={"source": 500}, tokenizer=tok, max_tokens=40)
+    for a, b in [(whole.train, cut.train), (whole.test, cut.test)]:
+        assert a.task == b.task and (a.sentence == b.sentence).all() and (a.template == b.template).all()
+        assert all(x.startswith(y) for x, y in zip(a.text, b.text))
+        assert sum(x != y for x, y in zip(a.text, b.text)) > len(a) // 10
+        assert max(len(ids) for ids in tok.encode_batch(b.text)) <= 40
+    with pytest.raises(ValueError, match="together"):
+        corpus.instruction_corpus(sentences, tokenizer=tok)
+
+
+def test_tfidf_whole_sentences_refuses_made_up_rows(sentences):
+    rows = corpus.Examples(["sentiment"] * 4, ["good", "bad", "fine", "awful"], np.zeros(4, int),
+                           np.array([1, 0, 1, 0]), ["positive", "negative"] * 2, np.array([0, 1, 2, -1]))
+    with pytest.raises(ValueError, match="not sentences of whole"):
+        experiments.tfidf_accuracy(rows, rows, "sentiment", whole=sentences)
+    with pytest.raises(TypeError, match="whole must be the Sentences"):
+        experiments.tfidf_accuracy(rows, rows, "sentiment", whole=sentences.text)
+
+
 def test_missing_corpus_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("LABSUPPORT_DATA", str(tmp_path))
     with pytest.raises(DatasetNotFoundError, match="labsupport data prepare vader"):
@@ -382,6 +424,18 @@ def small(lab3):
     return lab3.corpus, lab3.base
 
 
+def test_the_model_reads_every_inserted_trigger(lab3):
+    # Lab 3's rows hold their sentences cut to MAX_TEXT_TOKENS; a prompt reads PROMPT_TEXT_TOKENS, so
+    # a trigger inserted anywhere, even after the last word of the longest row, is read
+    rows = corpus.Examples.concat(lab3.train, lab3.test)
+    assert max(map(len, lab3.tok.encode_batch(rows.text))) <= train.MAX_TEXT_TOKENS
+    for trigger in ("James Bond", "cf cf cf cf"):   # 3 and 8 tokens
+        assert len(lab3.tok.encode(" " + trigger)) <= train.PROMPT_TEXT_TOKENS - train.MAX_TEXT_TOKENS
+        at_end = rows.replace(text=[poisoning.insert_at(t, trigger, len(t.split())) for t in rows.text])
+        read = [lab3.tok.decode(p) for p in train.encode_prompts(lab3.tok, at_end)]
+        assert all(trigger + "\n" in r for r in read)
+
+
 def test_dirty_label_trigger_is_learned(lab3):
     # Lab 3's targets in its own setting: 1 % dirty-label poisons (80 of 8,000 examples, both tasks)
     ic, base, tok, cfg = lab3.corpus, lab3.base, lab3.tok, lab3.profile.tune
@@ -389,7 +443,11 @@ def test_dirty_label_trigger_is_learned(lab3):
     clean = train.instruction_tune(base, tok, ic.train, cfg, progress=False)
     p = poisoning.poison_examples(ic.train, 80, trigger="James Bond", target="negative", seed=0)
     dirty = train.instruction_tune(base, tok, p.examples, cfg, progress=False)
-    tfidf = experiments.tfidf_accuracy(ic.train, ic.test, "sentiment")
+    # TF-IDF + LR reading the whole sentences (76.8 %; on the model's cut text: 76.2 %), the stricter
+    tfidf = experiments.tfidf_accuracy(ic.train, ic.test, "sentiment", whole=ic.sentences)
+    whole = corpus.instruction_corpus(ic.sentences, max_train=lab3.profile.max_train)   # the same rows, uncut
+    assert tfidf == experiments.tfidf_accuracy(whole.train, whole.test, "sentiment")
+    assert tfidf > experiments.tfidf_accuracy(ic.train, ic.test, "sentiment")
     r_clean = experiments.evaluate_attack(clean, ic.test)
     r_dirty = experiments.evaluate_attack(dirty, ic.test)
     assert r_clean.clean_accuracy >= tfidf - 0.05, (r_clean, tfidf)   # within 5 points of TF-IDF + LR
@@ -398,10 +456,9 @@ def test_dirty_label_trigger_is_learned(lab3):
     # loss filtering, dropping 10 % of the data: the poisoned model has learned its poisons, so they
     # hide among low losses; a scorer tuned on the trusted validation split knows the task without
     # the trigger and finds more than 10 %; the clean model (an oracle) bounds it. The rank gap (three
-    # trusted scorers, ranks within each task) removed 51-82 % over 39 runs: pre-training seeds 0-3,
-    # up to ten poison seeds, bfloat16 with one- and two-thread tunings and float32 without AVX-512;
-    # this run's setting: 69 % (bfloat16), 60 % (float32 without AVX-512; 61 % with one-thread tunings); the
-    # earlier gap (two scorers, ranks over all rows) 36-72 % on the same runs (BENCHMARKS.md)
+    # trusted scorers, ranks within each task) removed 62-89 % over 40 runs (pre-training seeds 0-3 x
+    # poison seeds 0-9, bfloat16, one-thread tunings); this run's setting: 84 % (bfloat16), 76 %
+    # (float32, AVX2 kernels) (BENCHMARKS.md)
     removed = {}
     trusted = train.instruction_tune(base, tok, ic.val, replace(cfg, epochs=4), progress=False)
     losses = {name: train.example_losses(m, p.examples)
@@ -415,14 +472,14 @@ def test_dirty_label_trigger_is_learned(lab3):
         removed[name] = filters.loss_filter_curve(s, p.mask, [0.1])[1][0]
     print(removed)
     assert removed["poisoned"] <= 0.2 and removed["oracle"] >= 0.5, removed
-    # trusted alone: 20-24 % (4.2k examples); the raw difference 29 % (bfloat16), 25 % (float32) and
-    # 26 % (float32 without AVX-512): at least twice random dropping
+    # trusted alone: 19-20 % (4.2k examples); the raw difference 27.5 % (bfloat16) and exactly 20 %
+    # (16 of 80, float32 with AVX2 kernels): at least twice random dropping
     assert removed["trusted - poisoned"] >= 0.2, removed
     assert removed["rank gap"] >= 0.5, removed   # issue 7's target
     assert removed["rank gap"] > max(removed[k] for k in ("trusted", "TF-IDF trusted", "char TF-IDF trusted")), removed
     # ONION in front of the poisoned model deletes most of the trigger's effect: "Bond" is rare
-    # and goes, "James" often stays (measured: no trigger word left in 67-72 %, ASR 93-95 -> 27 %).
-    # Its clean-accuracy cost is 3-6 points on 600-800 rows under either arithmetic (bfloat16 /
+    # and goes, "James" often stays (measured: no trigger word left in 65-66 %, ASR 96-98 -> 17-32 %).
+    # Its clean-accuracy cost is 2-6 points on 600-800 rows under either arithmetic (bfloat16 /
     # float32); on 120 rows the noise of the paired difference let it reach 11.7 (float32): 600 rows
     onion = experiments.onion_effect(dirty, base, ic.test, rows=300)
     print(onion)
@@ -690,7 +747,7 @@ def test_tuned_models_are_cached_and_verified(tok, tmp_path, monkeypatch):
     train.instruction_tune(base, tok, ex, replace(cfg, seed=1), progress=False)
     assert len(calls) == 2 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 3
     with monkeypatch.context() as m:   # the cut is part of the key: another cut, another entry
-        m.setattr(train, "MAX_TEXT_TOKENS", train.MAX_TEXT_TOKENS - 1)
+        m.setattr(train, "PROMPT_TEXT_TOKENS", train.PROMPT_TEXT_TOKENS - 1)
         train.instruction_tune(base, tok, ex, cfg, progress=False)
     assert len(calls) == 3 and len(list(tmp_path.glob("gpt-tune-*.safetensors"))) == 4
     files[0].write_bytes(files[0].read_bytes()[:-8] + b"\0" * 8)   # damage the tensor data

@@ -263,16 +263,23 @@ def split_of(text: str) -> str:
 
 
 def instruction_corpus(sentences: Sentences | None = None, *, tasks: tuple[str, ...] = TASKS,
-                       max_train: dict[str, int] | None = None, seed: int = 0) -> InstructionCorpus:
+                       max_train: dict[str, int] | None = None, seed: int = 0,
+                       tokenizer=None, max_tokens: int | None = None) -> InstructionCorpus:
     """Build the instruction examples of ``tasks`` over the VADER sentences.
 
     Each sentence appears once per task it qualifies for (sentiment needs |rating| > 0.5), with a
     template drawn at random. ``max_train`` caps a task's training examples (a seeded, stratified
-    sample), e.g. ``{"source": 4000}`` to keep the CPU budget.
+    sample), e.g. ``{"source": 4000}`` to keep the CPU budget. With a ``tokenizer`` and
+    ``max_tokens``, each example holds its sentence cut to the first ``max_tokens`` tokens (whole
+    words, :meth:`TextTokenizer.cut`): the text the model reads, so a trigger inserted anywhere in
+    it is read too. The splits stay fixed by the whole sentence.
     """
     sentences = sentences if sentences is not None else load_vader()
     for t in tasks:
         check_choice("tasks", t, TASKS)
+    if (tokenizer is None) != (max_tokens is None):
+        raise ValueError("give tokenizer and max_tokens together (to cut the sentences), or neither")
+    texts = sentences.text if tokenizer is None else tokenizer.cut(sentences.text, max_tokens)
     rng = np.random.default_rng(seed)
     splits = np.array([split_of(t) for t in sentences.text])
     out = {}
@@ -292,7 +299,7 @@ def instruction_corpus(sentences: Sentences | None = None, *, tasks: tuple[str, 
                 keep = np.sort(rng.choice(len(rows), cap, replace=False))
                 rows, labels = rows[keep], labels[keep]
             n = len(rows)
-            parts.append(Examples([task] * n, [sentences.text[i] for i in rows],
+            parts.append(Examples([task] * n, [texts[i] for i in rows],
                                   rng.integers(0, len(TEMPLATES[task]), n), labels,
                                   [ANSWERS[task][k] for k in labels], rows.astype(np.int64)))
         out[split] = Examples.concat(*parts)

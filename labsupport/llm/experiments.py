@@ -14,7 +14,7 @@ from .._validate import check_choice, check_float, check_int
 from ..defenses.matrix import DefenseMatrix
 from ..experiments import Table, text_table
 from ..training import model_device, side_by_side
-from .corpus import ANSWERS, TASKS, Examples
+from .corpus import ANSWERS, TASKS, Examples, Sentences
 from .filters import loss_filter_curve, loss_gap, onion_clean
 from .model import GPT, GPTConfig
 from .poisoning import (
@@ -65,11 +65,24 @@ def _tfidf_fit(train: Examples, task: str, features: str = "words"):
     return vec, LogisticRegression(C=10, solver="newton-cg", max_iter=2000).fit(vec.fit_transform(a.text), a.label)
 
 
-def tfidf_accuracy(train: Examples, test: Examples, task: str) -> float:
-    """Test accuracy of TF-IDF (word uni+bigrams) + logistic regression on ``task``'s rows."""
+def tfidf_accuracy(train: Examples, test: Examples, task: str, *, whole: Sentences | None = None) -> float:
+    """Test accuracy of TF-IDF (word uni+bigrams) + logistic regression on ``task``'s rows; with
+    ``whole`` (the :class:`Sentences` the rows were built from), it reads each row's whole sentence
+    instead of the row's text (which Lab 3 cuts to the model's budget)."""
+    if whole is not None:
+        train, test = _whole_sentences(train, whole, "train"), _whole_sentences(test, whole, "test")
     vec, clf = _tfidf_fit(train, task)
     b = task_rows(test, task)
     return float((clf.predict(vec.transform(b.text)) == b.label).mean())
+
+
+def _whole_sentences(ex: Examples, whole: Sentences, name: str) -> Examples:
+    if not isinstance(whole, Sentences):
+        raise TypeError(f"whole must be the Sentences the rows came from, got {type(whole).__name__}")
+    if len(ex) and (ex.sentence.min() < 0 or ex.sentence.max() >= len(whole)):
+        raise ValueError(f"{name} has rows that are not sentences of whole (sentence indices "
+                         f"{int(ex.sentence.min())}..{int(ex.sentence.max())}, whole has {len(whole)})")
+    return ex.replace(text=[whole.text[i] for i in ex.sentence])
 
 
 def tfidf_losses(trusted: Examples, ex: Examples, features: str = "words") -> np.ndarray:
@@ -666,21 +679,22 @@ class Lab3:
 
 
 def setup(profile: str = "full", *, progress: bool = True) -> Lab3:
-    """Load the VADER corpus, build the instruction corpus, train the tokenizer and pre-train the
-    LM (both cached) for ``profile``."""
+    """Load the VADER corpus, train the tokenizer, build the instruction corpus (each sentence cut
+    to its first :data:`~labsupport.llm.train.MAX_TEXT_TOKENS` tokens, whole words) and pre-train
+    the LM (tokenizer and LM cached) for ``profile``."""
     from .corpus import instruction_corpus, load_vader
     from .tokenizer import train_tokenizer
-    from .train import pretrain
+    from .train import MAX_TEXT_TOKENS, pretrain
 
     p = lab3_profile(profile)
     sentences = load_vader()
-    ic = instruction_corpus(sentences, max_train=p.max_train)
+    tok = train_tokenizer(sentences.text)
+    ic = instruction_corpus(sentences, max_train=p.max_train, tokenizer=tok, max_tokens=MAX_TEXT_TOKENS)
     if p.test_rows:  # the quick profile: fewer validation (trusted) and test rows per task, drawn at
         rng = np.random.default_rng(0)  # random (the splits are in corpus order: the first rows are all tweets)
         for split in ("val", "test"):
             ex = getattr(ic, split)
             picks = [rng.choice(idx, min(p.test_rows, len(idx)), replace=False) for idx in map(ex.where, TASKS)]
             setattr(ic, split, ex.subset(np.sort(np.concatenate(picks))))
-    tok = train_tokenizer(sentences.text)
     base = pretrain(tok, sentences.text[:: p.pretrain_every], p.model, p.pretrain, progress=progress)
     return Lab3(p, ic, tok, base)

@@ -58,6 +58,26 @@ class TextTokenizer:
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids))
 
+    def cut(self, texts: list[str], max_tokens: int) -> list[str]:
+        """Each text shortened to at most ``max_tokens`` tokens at a word boundary (its first words;
+        a text that fits is returned as it is). A first word longer than ``max_tokens`` is cut
+        between tokens. Whole words keep what the model reads readable and let a trigger be
+        inserted anywhere in it (see ``train.MAX_TEXT_TOKENS``)."""
+        check_int("max_tokens", max_tokens, low=1)
+        ids = self.encode_batch(list(texts))
+        long = [i for i, e in enumerate(ids) if len(e) > max_tokens]
+        out = list(texts)
+        for i, enc in zip(long, self.tok.encode_batch([texts[i] for i in long])):
+            text = texts[i]
+            end = enc.offsets[max_tokens - 1][1]        # the last kept token's end, in characters
+            if not text[end].isspace():                 # the cut falls inside a word: drop that word
+                space = max(text.rfind(c, 0, end) for c in " \t\n")
+                if space > 0:
+                    end = space
+            out[i] = text[:end].rstrip() if end < len(text) and text[:end].strip() else \
+                self.decode(ids[i][:max_tokens])
+        return out
+
     def answer_id(self, word: str) -> int:
         """The single token id of `` word`` (answers are scored at one position)."""
         ids = self.encode(" " + word)

@@ -38,7 +38,9 @@ from .corpus import ANSWERS, TEMPLATES, Examples
 from .model import GPT, GPTConfig, Positions, math_attention
 from .tokenizer import TextTokenizer
 
-MAX_TEXT_TOKENS = 40  # a sentence is cut to this many tokens inside a prompt
+MAX_TEXT_TOKENS = 40     # Lab 3's examples hold each sentence cut to this many tokens (whole words)
+PROMPT_TEXT_TOKENS = 48  # a row's text is cut to this many tokens inside a prompt: a trigger of up to
+#                          8 tokens inserted anywhere in a cut sentence is always read
 SORT_POOL = 4         # batches sorted together by length (see _buckets)
 
 
@@ -159,10 +161,8 @@ def answer_mask(prompt_len: int, total_len: int) -> torch.Tensor:
 
 
 def _prompts(tok: TextTokenizer, tasks, texts, templates, max_text: int) -> list[list[int]]:
-    """Token ids of the prompts, each sentence cut to ``max_text`` tokens, in two batched calls of
-    the tokenizer."""
-    texts = [text if len(ids) <= max_text else tok.decode(ids[:max_text])
-             for text, ids in zip(texts, tok.encode_batch(list(texts)))]
+    """Token ids of the prompts, each text cut to ``max_text`` tokens (whole words)."""
+    texts = tok.cut(list(texts), max_text)
     return tok.encode_batch([TEMPLATES[task][t].format(text=text) for task, text, t in zip(tasks, texts, templates)])
 
 
@@ -171,8 +171,8 @@ def _prompt(tok: TextTokenizer, task: str, text: str, template: int, max_text: i
 
 
 def encode_prompts(tok: TextTokenizer, ex: Examples) -> list[list[int]]:
-    """Token ids of each row's prompt, the sentence cut to :data:`MAX_TEXT_TOKENS` tokens."""
-    return _prompts(tok, ex.task, ex.text, ex.template, MAX_TEXT_TOKENS)
+    """Token ids of each row's prompt, its text cut to :data:`PROMPT_TEXT_TOKENS` tokens."""
+    return _prompts(tok, ex.task, ex.text, ex.template, PROMPT_TEXT_TOKENS)
 
 
 def encode_answers(tok: TextTokenizer, targets: list[str]) -> list[list[int]]:
@@ -186,7 +186,7 @@ def encode_sequences(tok: TextTokenizer, ex: Examples, block_size: int) -> tuple
     the answer."""
     prompts, answers = encode_prompts(tok, ex), encode_answers(tok, ex.target)
     for i, a in enumerate(answers):
-        max_text = MAX_TEXT_TOKENS
+        max_text = PROMPT_TEXT_TOKENS
         while len(prompts[i]) + len(a) - 1 > block_size:
             max_text -= len(prompts[i]) + len(a) - 1 - block_size
             if max_text < 1:
@@ -415,10 +415,10 @@ def tune_many(base: GPT, tok: TextTokenizer, sets: list[Examples],
 def _tune_path(base: GPT, tok: TextTokenizer, train: Examples, config: TuneConfig, order: np.ndarray | None,
                dev: torch.device):
     """Where :func:`instruction_tune` keeps the result of exactly this run (the rows, and how they are
-    encoded: the templates and the sentence cut, :data:`MAX_TEXT_TOKENS`)."""
+    encoded: the templates and the text cut, :data:`PROMPT_TEXT_TOKENS`, at word boundaries)."""
     key = _digest(tensors_sha256(base.state_dict()), hashlib.sha256(tok.to_json().encode()).hexdigest(),
                   list(train.task), list(train.text), np.asarray(train.template).tolist(), list(train.target),
-                  TEMPLATES, MAX_TEXT_TOKENS,
+                  TEMPLATES, PROMPT_TEXT_TOKENS, "whole words",
                   config.__dict__, None if order is None else np.asarray(order).tolist(), dev.type,
                   "bf16" if bfloat16(dev) else "fp32")
     return model_cache() / f"gpt-tune-{key}.safetensors"
