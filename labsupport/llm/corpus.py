@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from .._validate import check_choice, check_int
 from ..data import DatasetNotFoundError
 from ..io import atomic_write_bytes, sha256_file
 from ..paths import data_root
+
+if TYPE_CHECKING:
+    from .tokenizer import TextTokenizer
 
 VADER_SDIST = "vaderSentiment==3.3.2"
 VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -264,7 +268,7 @@ def split_of(text: str) -> str:
 
 def instruction_corpus(sentences: Sentences | None = None, *, tasks: tuple[str, ...] = TASKS,
                        max_train: dict[str, int] | None = None, seed: int = 0,
-                       tokenizer=None, max_tokens: int | None = None) -> InstructionCorpus:
+                       tokenizer: TextTokenizer | None = None, max_tokens: int | None = None) -> InstructionCorpus:
     """Build the instruction examples of ``tasks`` over the VADER sentences.
 
     Each sentence appears once per task it qualifies for (sentiment needs |rating| > 0.5), with a

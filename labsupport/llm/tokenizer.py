@@ -76,6 +76,9 @@ class TextTokenizer:
                     end = space
             out[i] = text[:end].rstrip() if end < len(text) and text[:end].strip() else \
                 self.decode(ids[i][:max_tokens])
+            # whole words re-encode as the prefix of the ids (never longer on the corpus); make sure
+            while len(self.encode(out[i])) > max_tokens and len(out[i].split()) > 1:
+                out[i] = out[i].rsplit(None, 1)[0]
         return out
 
     def answer_id(self, word: str) -> int:
