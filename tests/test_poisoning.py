@@ -212,7 +212,9 @@ def test_attack_curves_are_each_attacks_mse_over_the_clean_one(randhie):
     assert [line.get_label() for line in axes[0].get_lines()] == ["OptP ridge", "StatP ridge"]
     with pytest.raises(ValueError, match=r"axes has 2 panels; give one per task \(1: \['RAND HIE'\]\)"):
         curves.plot(axes=[axes[0], axes[0]])
-    plt.close(axes[0].figure)
+    _, ax = plt.subplots()
+    assert curves.plot(axes=ax) == [ax] and len(ax.get_lines()) == 2   # one task: a single Axes will do
+    plt.close("all")
     for kwargs, err, match in [(dict(tasks={}), TypeError, "tasks must be a non-empty dict"),
                                (dict(tasks=[t]), TypeError, "tasks must be"),
                                (dict(rates=(0.2, 1.0)), ValueError, r"rates\[i\]=1.0"),

@@ -222,10 +222,14 @@ class AttackCurves:
 
     def plot(self, axes=None):
         """One panel per task: MSE ratio against the poisoning rate (log scale), one line per kind
-        and attack (``axes``: one per task, in the tasks' order). Returns the axes."""
+        and attack (``axes``: one per task, in the tasks' order; a single Axes for one task).
+        Returns the axes."""
         import matplotlib.pyplot as plt
+        from matplotlib.axes import Axes
 
         tasks = list(dict.fromkeys(t for t, _, _ in self.ratio))
+        if isinstance(axes, Axes):
+            axes = [axes]
         if axes is None:
             _, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.4), squeeze=False)
             axes = axes[0]
