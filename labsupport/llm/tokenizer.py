@@ -69,13 +69,11 @@ class TextTokenizer:
         out = list(texts)
         for i, enc in zip(long, self.tok.encode_batch([texts[i] for i in long])):
             text = texts[i]
-            end = enc.offsets[max_tokens - 1][1]        # the last kept token's end, in characters
-            if not text[end].isspace():                 # the cut falls inside a word: drop that word
-                space = max(text.rfind(c, 0, end) for c in " \t\n")
-                if space > 0:
-                    end = space
-            out[i] = text[:end].rstrip() if end < len(text) and text[:end].strip() else \
-                self.decode(ids[i][:max_tokens])
+            head = text[:enc.offsets[max_tokens - 1][1]]          # up to the last kept token's end
+            inside = not (head[-1:].isspace() or text[len(head)].isspace())
+            if inside and len(head.split()) > 1:                     # the cut splits a word: drop it
+                head = head.rsplit(None, 1)[0]
+            out[i] = head.rstrip()
             # whole words re-encode as the prefix of the ids (never longer on the corpus); make sure
             while len(self.encode(out[i])) > max_tokens and len(out[i].split()) > 1:
                 out[i] = out[i].rsplit(None, 1)[0]
