@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``; otherwise raise ``ValueError``."""
@@ -111,13 +113,32 @@ def check_labels(name: str, y: Any, *, n: int | None = None, num_classes: int | 
     """Labels must be an int64 tensor of shape (N,) with values in [0, num_classes)."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.ndim != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if y.ndim != 1 or y.dtype not in _INT_DTYPES:
         raise ValueError(f"{name} must be a 1-D integer tensor; got shape {tuple(y.shape)}, dtype {y.dtype}")
     if n is not None and y.shape[0] != n:
         raise ValueError(f"{name} has {y.shape[0]} labels but there are {n} images; they must match")
     if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"{name} holds values outside [0, {num_classes - 1}]")
     return y
+
+
+def check_mask(name: str, x: Any) -> torch.Tensor:
+    """A boolean row mask (True = poison / flagged), flattened. Numbers are accepted only when every
+    one is 0 or 1: a float score passed as a mask would otherwise turn every non-zero row True."""
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a boolean mask (a tensor, array or list of True/False), "
+                        f"got {type(x).__name__}") from err
+    if t.dtype != torch.bool:
+        if t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+            raise TypeError(f"{name} must be a boolean mask, got dtype {t.dtype}")
+        odd = ~((t == 0) | (t == 1))
+        if bool(odd.any()):
+            raise ValueError(f"{name} must be a boolean mask (True/False or 0/1); it holds "
+                             f"{int(odd.sum())} other value(s), e.g. {t[odd].flatten()[0].item():.4g}. "
+                             "Threshold per-row scores first (e.g. scores > t).")
+    return t.bool().flatten()
 
 
 def check_class(name: str, value: Any, num_classes: int) -> int:

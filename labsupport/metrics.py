@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._validate import check_images, check_labels
+from ._validate import check_images, check_labels, check_mask
 from .training import predict, predict_proba
 
 TargetSpec = int | Callable[[torch.Tensor], torch.Tensor]
@@ -24,7 +24,16 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     check_labels("y", y, n=len(x))
     if len(y) == 0:
         raise ValueError("x and y are empty; need at least one example")
+    _check_model_classes("y", y, model, x)
     return float((predict(model, x) == y.cpu()).float().mean())
+
+
+def _check_model_classes(name: str, labels: torch.Tensor, model: nn.Module, x: torch.Tensor) -> None:
+    """``labels`` must name classes of ``model`` (one forward pass of one image reads how many)."""
+    k = predict_proba(model, x[:1]).shape[1]
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise ValueError(f"{name} must name classes of the model, in [0, {k - 1}]; got labels in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
 
 
 def target_labels(target: TargetSpec, y: torch.Tensor) -> torch.Tensor:
@@ -57,10 +66,7 @@ def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_labels("y", y, n=len(x))
     goal = target_labels(target, y)
     if len(y):
-        k = predict_proba(model, x[:1]).shape[1]
-        if int(goal.min()) < 0 or int(goal.max()) >= k:
-            raise ValueError(f"target must name classes of the model, in [0, {k - 1}]; got labels in "
-                             f"[{int(goal.min())}, {int(goal.max())}]")
+        _check_model_classes("target", goal, model, x)
     keep = goal != y
     if only_correct:
         keep &= predict(model, x) == y
@@ -79,7 +85,7 @@ def detection_scores(flags: torch.Tensor, truth: torch.Tensor,
         truth: boolean ground-truth poison mask.
         scores: optional per-row suspicion scores (higher = more suspicious).
     """
-    flags, truth = torch.as_tensor(flags).bool(), torch.as_tensor(truth).bool()
+    flags, truth = check_mask("flags", flags), check_mask("truth", truth)
     if flags.shape != truth.shape:
         raise ValueError(f"flags {tuple(flags.shape)} and truth {tuple(truth.shape)} must have the same shape")
     tp = int((flags & truth).sum())
@@ -97,7 +103,7 @@ def detection_scores(flags: torch.Tensor, truth: torch.Tensor,
 def auroc(scores: torch.Tensor, truth: torch.Tensor) -> float:
     """Area under the ROC curve via the rank-sum (Mann-Whitney U) statistic, ties averaged."""
     scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
-    truth = torch.as_tensor(truth).bool().flatten()
+    truth = check_mask("truth", truth)
     if scores.shape != truth.shape:
         raise ValueError(f"scores ({len(scores)} rows) and truth ({len(truth)} rows) must have one entry per row")
     if bool(scores.isnan().any()):

@@ -44,7 +44,9 @@ def noise_key(shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
     if len(shape) != 3:
         raise ValueError(f"shape must be (C, H, W), got {shape}")
-    return torch.rand(shape, generator=gen)
+    for name, n in zip("CHW", shape, strict=True):
+        check_int(f"shape's {name}", n, low=1)
+    return torch.rand(tuple(shape), generator=gen)
 
 
 def _as_pattern(pattern: torch.Tensor) -> torch.Tensor:

@@ -283,6 +283,20 @@ def test_bad_input_names_the_argument(call, match):
         call(ls.MLP(), x, y)
 
 
+@pytest.mark.parametrize("features, match", [
+    (np.ones(5), r"non-empty 2-D array .* got shape \(5,\)"),
+    (np.ones((0, 5)), r"got shape \(0, 5\)"),
+    (np.array([[1.0, np.nan], [0.0, 1.0]]), "1 NaN or infinite"),
+    ("abc", "numeric"),
+])
+def test_spectral_scores_name_bad_features(features, match):
+    for score in (spectral.spectral_scores, spectral.que_scores):
+        with pytest.raises((ValueError, TypeError), match=f"features .*{match}" if match != "numeric" else match):
+            score(features)
+    with pytest.raises(ValueError, match=r"k=0 is out of range"):
+        spectral.top_directions(np.ones((4, 3)), 0)
+
+
 def test_check_classes_default_is_every_label():
     assert check_classes(torch.tensor([2, 2, 5, 5]), None, 2) == [2, 5]
 

@@ -38,6 +38,12 @@ def test_clean_accuracy():
     assert ls.clean_accuracy(Always(2), x, torch.tensor([2, 2, 1, 0])) == 0.5
 
 
+def test_clean_accuracy_refuses_labels_the_model_cannot_output():
+    x = torch.rand(4, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"y must name classes of the model, in \[0, 9\]; got labels in \[0, 12\]"):
+        ls.clean_accuracy(Always(2), x, torch.tensor([2, 12, 1, 0]))  # would silently score 0 for row 1
+
+
 def test_auroc_matches_sklearn():
     gen = torch.Generator().manual_seed(0)
     truth = torch.rand(300, generator=gen) < 0.2
@@ -68,6 +74,24 @@ def test_detection_scores():
     truth = torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool)
     s = ls.detection_scores(flags, truth)
     assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == pytest.approx(2 / 3)
+    assert ls.detection_scores([1, 1, 0, 0, 1], truth.numpy()) == s  # 0/1 numbers and arrays are masks too
+
+
+@pytest.mark.parametrize("flags, what", [
+    (torch.tensor([0.9, 0.2, 0.0, 0.0, 0.7]), "e.g. 0.9"),  # scores, not flags: .bool() would flag all three
+    ([0, 2, 0, 0, 1], "e.g. 2"),
+    (torch.tensor([float("nan"), 1.0, 0.0, 0.0, 1.0]), "e.g. nan"),
+])
+def test_detection_scores_refuse_scores_passed_as_flags(flags, what):
+    truth = torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool)
+    with pytest.raises(ValueError, match=rf"flags must be a boolean mask .*{what}.*Threshold"):
+        ls.detection_scores(flags, truth)
+    with pytest.raises(ValueError, match="truth must be a boolean mask"):
+        ls.detection_scores(truth, flags)
+    with pytest.raises(ValueError, match="truth must be a boolean mask"):
+        ls.auroc(torch.rand(5), flags)
+    with pytest.raises(TypeError, match="flags must be a boolean mask .* got str"):
+        ls.detection_scores("10101", truth)
 
 
 def test_target_labels_rejects_bad_function():

@@ -130,7 +130,10 @@ def test_svm_bad_input_names_the_argument():
                         (lambda: S.attack_gradient(svm, task.x_train, task.y_train, 40, task.x_val, task.y_val),
                          r"c=40 is out of range; allowed: \[0, 39\]"),
                         (lambda: S.attack_gradient(svm, task.x_train, task.y_train, 0, task.x_val, task.y_val[:-1]),
-                         "y_val must have shape")]:
+                         "y_val must have shape"),
+                        (lambda: S.hinge_loss(svm, task.x_val, 2 * task.y_val), "y must hold the labels -1"),
+                        (lambda: S.error_rate(svm, task.x_val, (task.y_val > 0).astype(int)), "y must hold the labels"),
+                        (lambda: S.error_rate(svm, nan, task.y_train), "x contains NaN")]:
         with pytest.raises(ValueError, match=match):
             call()
 
@@ -277,6 +280,11 @@ def test_trim_restarts_never_end_at_a_higher_trimmed_loss(seed, n_bad, restarts)
     (lambda t: R.trim(t.x_train, t.y_train, 200, max_iter=0), "max_iter"),
     (lambda t: R.fit_linear(t.x_train, t.y_train[:, None]), r"y must have shape \(300,\)"),
     (lambda t: R.fit_linear(np.where(t.x_train > 0.5, np.nan, t.x_train), t.y_train), "x contains NaN"),
+    (lambda t: R.fit_linear(t.x_train, t.y_train).mse(np.where(t.x_test > 0.5, np.nan, t.x_test), t.y_test),
+     "x contains NaN"),  # would print an MSE of nan
+    (lambda t: R.fit_linear(t.x_train, t.y_train).predict(t.x_train[:, :3]), "x has 3 features but the model"),
+    (lambda t: R.fit_linear(t.x_train, t.y_train).mse(t.x_test, t.y_test[:5]), "y must have shape"),
+    (lambda t: R.trimmed_loss(R.fit_linear(t.x_train, t.y_train), t.x_train, t.y_train, 0), r"n=0 .* \[1, 300\]"),
 ])
 def test_regression_bad_input(randhie, call, match):
     with pytest.raises(ValueError, match=match):
@@ -426,6 +434,11 @@ def test_gradient_canceling_bad_input():
                         (lambda: GC.canceling_experiment(x, y, x, y + 5, progress=False), "y_test holds values"),
                         (lambda: GC.canceling_experiment(x, y, x, y, epsilons=(0.1, 2.0), progress=False),
                          "epsilons"),
+                        (lambda: GC.fit_logreg(x, y, 2, l2=float("nan")), "l2=nan"),
+                        (lambda: GC.fit_logreg_many(x[None], y, 2, l2=-1.0), "l2=-1.0"),
+                        (lambda: t.accuracy(x, y[:3]), "y has 3 labels but there are 10"),
+                        (lambda: GC.poison_capacity(1), "num_classes=1"),
+                        (lambda: GC.lambert_w(-1.0), "z=-1.0"),
                         ]:
         with pytest.raises(ValueError, match=match):
             call()

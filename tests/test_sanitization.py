@@ -102,5 +102,7 @@ def test_bad_arguments_are_refused(digits17):
         sz.SphereSlab.fit(x, (y > 0).astype(float))
     with pytest.raises(ValueError, match="quantile"):
         sz.SphereSlab.fit(x, y, 1.5)
+    with pytest.raises(ValueError, match="iterations=0 is out of range"):
+        sz.train_svm(x, y, 1.0, iterations=0)
     with pytest.raises(ValueError, match="negative=12 is not a class of digits"):
         sz.binary_pair(ls.load_dataset("digits"), 1, 12)

@@ -37,6 +37,13 @@ def test_blend_is_convex_combination(images):
     assert torch.allclose(ls.Blend(key, 0.3).with_alpha(1.0)(images), key.expand_as(images))
 
 
+def test_noise_key_names_a_bad_shape():
+    with pytest.raises(ValueError, match="shape's H=-28 is out of range"):
+        ls.noise_key((1, -28, 28))
+    with pytest.raises(ValueError, match=r"shape must be \(C, H, W\)"):
+        ls.noise_key((28, 28))
+
+
 def test_random_patch_stays_in_region_and_moves():
     x = torch.zeros(200, 1, 28, 28)
     out = ls.RandomPatch(ls.white_square(3), region=(0, 14, 14, 28), seed=0)(x)

@@ -48,7 +48,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
-from .._validate import check_choice, check_float, check_int
+from .._validate import check_choice, check_float, check_int, check_mask
 from .common import Detection, activations, check_classes, check_data, one_thread
 
 RULES = ("size", "silhouette", "separation", "reclassify")
@@ -222,7 +222,7 @@ def plot_embedding(detection: Detection, y: torch.Tensor, truth: torch.Tensor, l
         raise TypeError("detection must be the Detection that activation_clustering(...) returned")
     if label not in embedding:
         raise ValueError(f"label={label!r} was not analysed; choose one of {sorted(embedding)}")
-    y, truth = torch.as_tensor(y).flatten(), torch.as_tensor(truth).bool().flatten()
+    y, truth = torch.as_tensor(y).flatten(), check_mask("truth", truth)
     if len(y) != len(truth) or len(detection.flags) != len(y):
         raise ValueError(f"y ({len(y)} rows) and truth ({len(truth)} rows) must match the "
                          f"detection's {len(detection.flags)} rows")

@@ -17,7 +17,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .._validate import check_float, check_images, check_int, check_labels
+from .._validate import check_float, check_images, check_int, check_labels, check_mask
 from ..metrics import auroc, detection_scores
 from ..training import model_device
 
@@ -43,7 +43,7 @@ class Detection:
 
     def __post_init__(self) -> None:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float64).flatten()
-        self.flags = torch.as_tensor(self.flags).bool().flatten()
+        self.flags = check_mask("flags", self.flags)
         if self.scores.shape != self.flags.shape:
             raise ValueError(f"scores {tuple(self.scores.shape)} and flags {tuple(self.flags.shape)} differ")
 
@@ -54,7 +54,7 @@ class Detection:
     def evaluate(self, truth: torch.Tensor) -> dict[str, float]:
         """Precision, recall, F1, false-positive rate (clean rows flagged) and AUROC of the scores
         against the boolean ground-truth mask ``truth``."""
-        truth = torch.as_tensor(truth).bool().flatten()
+        truth = check_mask("truth", truth)
         out = detection_scores(self.flags, truth)
         clean = ~truth
         out["fpr"] = float((self.flags & clean).sum()) / max(int(clean.sum()), 1)

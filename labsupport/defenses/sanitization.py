@@ -240,6 +240,7 @@ def train_svm(x: np.ndarray, y: np.ndarray, rho: float, *, iterations: int = 200
     :func:`certify`, run on a fixed training set; the best iterate). Returns ``(w, b)``."""
     x, y = _check_binary(x, y)
     rho = check_float("rho", rho, low=0.0, low_open=True)
+    iterations = check_int("iterations", iterations, low=1)
     best, best_value = None, np.inf
     for theta, value in _dual_averaging(_augment(x), y, rho, iterations, np.full(len(x), 1 / len(x))):
         if value < best_value:

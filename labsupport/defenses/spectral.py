@@ -40,9 +40,23 @@ from .common import (
 def spectral_scores(features: np.ndarray, *, center: bool = True) -> np.ndarray:
     """The squared projection of each row of ``features`` (one class) on the top right singular
     vector of the (centred) matrix."""
-    a = np.asarray(features, dtype=np.float64)
+    a = _check_features(features)
     a = a - a.mean(0) if center else a
     return (a @ top_directions(a, 1)[0]) ** 2
+
+
+def _check_features(features: np.ndarray) -> np.ndarray:
+    """One class's representations: a finite (rows, dims) array with at least one row, as float64."""
+    try:
+        a = np.asarray(features, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"features must be a numeric (rows, dims) array, got {type(features).__name__}") from err
+    if a.ndim != 2 or not a.size:
+        raise ValueError(f"features must be a non-empty 2-D array (rows, dims), one row per example; "
+                         f"got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"features contain {int((~np.isfinite(a)).sum())} NaN or infinite value(s)")
+    return a
 
 
 def top_directions(a: np.ndarray, k: int) -> np.ndarray:
@@ -51,8 +65,8 @@ def top_directions(a: np.ndarray, k: int) -> np.ndarray:
     With more rows than columns (a class's activations) they are the top eigenvectors of the
     Gram matrix ``a' a``: the same directions as ``np.linalg.svd`` to ~1e-15 on the course's
     2,000 x 256 classes, ~8x faster because only ``k`` of them are computed."""
-    n, d = a.shape
-    k = min(k, n, d)
+    n, d = _check_features(a).shape
+    k = min(check_int("k", k, low=1), n, d)
     if n < d:
         return np.linalg.svd(a, full_matrices=False)[2][:k]
     _, vecs = eigh(a.T @ a, subset_by_index=[d - k, d - 1])
@@ -99,7 +113,7 @@ def que_scores(features: np.ndarray, *, dims: int = 16, alpha: float = 4.0, fit_
     """
     dims = check_int("dims", dims, low=1)
     alpha = check_float("alpha", alpha, low=0.0)
-    a = standardize(np.asarray(features, dtype=np.float64))
+    a = standardize(_check_features(features))
     z = a @ top_directions(a, dims).T
     fit = z
     if fit_rows is not None and len(z) > check_int("fit_rows", fit_rows, low=2 * z.shape[1]):

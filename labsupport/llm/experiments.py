@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from .._validate import check_choice, check_float, check_int
+from .._validate import check_choice, check_float, check_int, check_mask
 from ..defenses.matrix import DefenseMatrix
 from ..experiments import Table, text_table
 from ..training import model_device, side_by_side
@@ -243,7 +243,7 @@ def poison_order(mask: np.ndarray, position: str, rng: np.random.Generator, shar
     last ``share`` of the pass, or spread uniformly (``"spread"``), the clean rows shuffled."""
     check_choice("position", position, ORDER_POSITIONS)
     check_float("share", share, low=0.0, high=1.0, low_open=True)
-    mask = np.asarray(mask, dtype=bool)
+    mask = check_mask("mask", mask).numpy()
     if position == "spread":
         return rng.permutation(len(mask))
     poison, clean = rng.permutation(np.flatnonzero(mask)), rng.permutation(np.flatnonzero(~mask))
@@ -515,7 +515,7 @@ def text_defense_rows(attacked: AttackResult, *, rate: float, poison: np.ndarray
     """Lab 3's defenses as rows of Lab 4's defense matrix, for the dirty-label trigger at ``rate``:
     the loss filter (``kept``: the rows it kept, ``poison``: the ground truth; ``filtered``: the
     model retrained on them) and ONION (an input filter: recall = triggers removed, no flags)."""
-    poison, kept = np.asarray(poison, dtype=bool), np.asarray(kept, dtype=bool)
+    poison, kept = check_mask("poison", poison).numpy(), check_mask("kept", kept).numpy()
     if poison.shape != kept.shape or poison.ndim != 1 or not poison.any():
         raise ValueError("poison and kept must be boolean masks of the same length, with at least one poison")
     dropped = ~kept

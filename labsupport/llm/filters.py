@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from .._validate import check_float, check_rate
+from .._validate import check_float, check_mask, check_rate
 from ..training import autocast, model_device
 from .model import GPT
 from .poisoning import check_text
@@ -76,7 +76,7 @@ def loss_filter_curve(losses: np.ndarray, poison: np.ndarray, fractions=None):
     """(fractions, share of poisons removed) when the top ``fraction`` losses are dropped
     (``fractions``: 0 to 0.3 in steps of 0.01 unless given; a new array on every call)."""
     fractions = np.linspace(0, 0.3, 31) if fractions is None else np.array(fractions, dtype=float)
-    poison = np.asarray(poison, dtype=bool)
+    poison = check_mask("poison", poison).numpy()
     if poison.shape != np.shape(losses) or not poison.any():
         raise ValueError("poison must be a boolean mask like losses with at least one poison")
     removed = [float(loss_filter(losses, f)[poison].mean()) for f in fractions]

@@ -40,7 +40,7 @@ LAMBERT_W_1_OVER_E = 0.27846454276107380  # W(1/e): the solution of w·e^w = 1/e
 
 def lambert_w(z: float) -> float:
     """The principal branch of the Lambert function (w·e^w = z, z ≥ 0) by Newton's method."""
-    w = np.log1p(z)
+    w = np.log1p(check_float("z", z, low=0.0))
     for _ in range(50):
         w -= (w * np.exp(w) - z) / (np.exp(w) * (w + 1))
     return float(w)
@@ -49,7 +49,7 @@ def lambert_w(z: float) -> float:
 def poison_capacity(num_classes: int) -> float:
     """The most one poison can subtract from ⟨∇L, w⟩: max_z (z_y − E_softmax(z)[z]) = W((C − 1)/e)
     (attained at z_y = 1 + W((C−1)/e), other logits equal); W(1/e) ≈ 0.2785 for two classes."""
-    return lambert_w((num_classes - 1) / np.e)
+    return lambert_w((check_int("num_classes", num_classes, low=2) - 1) / np.e)
 
 
 @dataclass
@@ -63,6 +63,7 @@ class Linear:
         return x @ self.W.T + self.b
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        check_xy(x, y, self.W.shape[0])
         return float((self.logits(x).argmax(1) == y).float().mean())
 
     def vector(self) -> torch.Tensor:
@@ -110,6 +111,8 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, l2: f
     """Minimise the mean cross-entropy + (l2/2)‖W‖² with L-BFGS (convex: the result is the minimiser,
     whatever the start; ``init`` only makes a nearby start converge faster)."""
     check_xy(x, y, check_int("num_classes", num_classes, low=2))
+    l2 = check_float("l2", l2, low=0.0)
+    check_int("max_iter", max_iter, low=1)
     W = (torch.zeros(num_classes, x.shape[1], dtype=x.dtype) if init is None else init.W.clone()).requires_grad_(True)
     b = (torch.zeros(num_classes, dtype=x.dtype) if init is None else init.b.clone()).requires_grad_(True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
@@ -148,6 +151,7 @@ def fit_logreg_many(x: torch.Tensor, y: torch.Tensor, num_classes: int = 10, *, 
         raise ValueError("x contains NaN or infinite values; features must be finite")
     y = y.expand(S, n) if y.ndim == 1 else y
     k = check_int("num_classes", num_classes, low=2)
+    l2 = check_float("l2", l2, low=0.0)
     check_int("max_iter", max_iter, low=1)
     check_int("refresh", refresh, low=1)
     check_float("tol", tol, low=0.0, low_open=True)

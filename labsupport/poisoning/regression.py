@@ -59,10 +59,14 @@ class LinearModel:
     b: float
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        x = check_matrix("x", x)
+        if x.shape[1] != len(self.w):
+            raise ValueError(f"x has {x.shape[1]} features but the model was fitted on {len(self.w)}")
         return x @ self.w + self.b
 
     def mse(self, x: np.ndarray, y: np.ndarray) -> float:
-        return float(np.mean((self.predict(x) - y) ** 2))
+        pred = self.predict(x)
+        return float(np.mean((pred - check_vector("y", y, len(pred))) ** 2))
 
 
 DEFAULT_LAMBDA = {"ridge": 0.1, "lasso": 0.001}
@@ -278,7 +282,9 @@ def attack_curves(tasks: dict[str, RegressionTask], rates: Sequence[float], *, k
 
 def trimmed_loss(model: LinearModel, x: np.ndarray, y: np.ndarray, n: int) -> float:
     """TRIM's objective: the mean of the ``n`` smallest squared residuals."""
-    return float(np.mean(np.sort((model.predict(x) - y) ** 2)[:n]))
+    pred = model.predict(x)
+    n = check_int("n", n, low=1, high=len(pred))
+    return float(np.mean(np.sort((pred - check_vector("y", y, len(pred))) ** 2)[:n]))
 
 
 def _trim_from(x: np.ndarray, y: np.ndarray, n: int, keep: np.ndarray, kind: str, lam: float | None,

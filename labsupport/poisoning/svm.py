@@ -86,12 +86,14 @@ def fit_svm(x: np.ndarray, y: np.ndarray, C: float = 1.0) -> SVC:
 
 def error_rate(svm: SVC, x: np.ndarray, y: np.ndarray) -> float:
     """Fraction of rows misclassified."""
-    return float(np.mean(svm.predict(x) != y))
+    x = check_matrix("x", x)
+    return float(np.mean(svm.predict(x) != check_signs("y", y, len(x))))
 
 
 def hinge_loss(svm: SVC, x: np.ndarray, y: np.ndarray) -> float:
     """Mean hinge loss max(0, 1 − y f(x))."""
-    return float(np.maximum(0.0, 1.0 - y * svm.decision_function(x)).mean())
+    x = check_matrix("x", x)
+    return float(np.maximum(0.0, 1.0 - check_signs("y", y, len(x)) * svm.decision_function(x)).mean())
 
 
 def attack_gradient(svm: SVC, x: np.ndarray, y: np.ndarray, c: int, x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
