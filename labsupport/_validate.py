@@ -103,6 +103,19 @@ def _check_values(name: str, x: torch.Tensor) -> None:
     _SCANNED[id(x)] = (weakref.ref(x), x._version)
 
 
+def apply_trigger(name: str, trigger: Any, x: torch.Tensor) -> torch.Tensor:
+    """``trigger(x)``, checked: a trigger must be a callable that returns images of ``x``'s shape
+    with values in [0, 1] (a hand-written one that forgets to clip is named here, not later as x)."""
+    if not callable(trigger):
+        raise TypeError(f"{name} must be a callable images -> triggered images (e.g. ls.Patch()), "
+                        f"got {type(trigger).__name__}")
+    out = trigger(x)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        raise ValueError(f"{name} returned {tuple(getattr(out, 'shape', ())) or type(out).__name__} for images of "
+                         f"shape {tuple(x.shape)}; a trigger must return images of the same shape")
+    return check_images(f"{name}(x)", out)
+
+
 def check_nonempty(name: str, x: Any) -> None:
     """A data set must have at least one row."""
     if len(x) == 0:

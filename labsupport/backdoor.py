@@ -21,7 +21,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._validate import check_class, check_float, check_images, check_int, check_labels, check_nonempty, check_rate
+from ._validate import (
+    apply_trigger,
+    check_class,
+    check_float,
+    check_images,
+    check_int,
+    check_labels,
+    check_nonempty,
+    check_rate,
+)
 from .metrics import TargetSpec, target_labels
 from .models import build_model
 from .training import TrainConfig, fit, model_device, pick_device
@@ -138,7 +147,7 @@ def badnets(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int | st
     rows = choose_rows(eligible, n, seed)
     x_p, y_p = x.clone(), y.clone()
     if n:
-        x_p[rows] = trigger(x[rows])
+        x_p[rows] = apply_trigger("trigger", trigger, x[rows])
         y_p[rows] = target_labels(spec, y[rows])
     mask = torch.zeros(len(y), dtype=torch.bool)
     mask[rows] = True
@@ -236,7 +245,7 @@ def clean_label(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int 
     x_p = x.clone()
     if n:
         base = x[rows] if surrogate is None else pgd_away(surrogate, x[rows], y[rows], eps=eps, steps=steps)
-        x_p[rows] = trigger(base)
+        x_p[rows] = apply_trigger("trigger", trigger, base)
     mask = torch.zeros(len(y), dtype=torch.bool)
     mask[rows] = True
     kind = "trigger only" if surrogate is None else f"PGD eps={eps:g} + trigger"
@@ -260,6 +269,9 @@ def composite(x: torch.Tensor, y: torch.Tensor, trigger_a: Trigger, trigger_b: T
     free = torch.ones(len(y), dtype=torch.bool)
     free[rows] = False
     cover = choose_rows(free, n_cover, seed + 1)
+    for name, t in (("trigger_a", trigger_a), ("trigger_b", trigger_b)):
+        if not isinstance(t, Trigger):
+            raise TypeError(f"{name} must be a Trigger (e.g. ls.Patch(), ls.Blend(...)), got {type(t).__name__}")
     both = trigger_a + trigger_b
     x_p, y_p = x.clone(), y.clone()
     if n:

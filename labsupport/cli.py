@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
 import webbrowser
 from pathlib import Path
@@ -218,11 +219,48 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
+def writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Check before a long job that ``path`` can be written (its folder exists and takes a file)."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name, e.g. {path / 'grades.csv'}")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent or "."):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be written in {path.parent}/ ({exc.strerror})") from exc
+    return path
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; allowed: 1 to 65535")
+    return port
+
+
 def _grade(args: argparse.Namespace) -> int:
     from .grading import grade_submissions, write_csv
 
-    results = grade_submissions(args.submissions, release_dir=Path(args.release) if args.release else None,
-                                jobs=args.jobs, timeout=args.timeout, profile=args.profile)
+    writable_file(args.out)   # before minutes of grading, not after
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, interrupt)   # `kill` or `timeout`: clean up as for Ctrl-C
+    try:
+        results = grade_submissions(args.submissions, release_dir=Path(args.release) if args.release else None,
+                                    jobs=args.jobs, timeout=args.timeout, profile=args.profile)
+    except KeyboardInterrupt:
+        print("labsupport grade: interrupted; the running submissions were stopped and no CSV was written",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
     path = write_csv(results, args.out)
     for r in results:
         print(f"{r.student:<20} {Path(r.notebook).name:<28} {r.total:g}/{r.max_points:g}  {r.status}"
@@ -246,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = sub.add_parser("lab", help="open the student labs in JupyterLab (works as root and headless)")
     lab.add_argument("folder", nargs="?", help="folder to serve (default: labs/ of this checkout)")
-    lab.add_argument("--port", type=int, help="port (default: JupyterLab's, 8888 or the next free one)")
+    lab.add_argument("--port", type=_port, help="port (default: JupyterLab's, 8888 or the next free one)")
     lab.add_argument("--ip", help="address to listen on (default: localhost)")
     lab.add_argument("--no-browser", action="store_true", help="only print the URL")
     lab.set_defaults(func=_lab)

@@ -83,7 +83,7 @@ class ImageData:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> ImageData:
         """A class-stratified random subset (same class balance), for quick profiles and tests."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
         x_train, y_train = self.x_train, self.y_train
         x_test, y_test = self.x_test, self.y_test
         if n_train is not None:

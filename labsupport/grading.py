@@ -14,6 +14,7 @@ releases exactly ``labs/``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -267,12 +269,37 @@ def _kill_kernel(results: Path) -> None:
     if not results.exists():
         return
     for line in results.read_text().splitlines():
-        pid = json.loads(line).get("kernel_pid")
+        try:
+            pid = json.loads(line).get("kernel_pid")
+        except ValueError:   # a line the child is still writing
+            continue
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+
+
+# The grading children now running (pid -> results file, where each writes its kernel's pid), so
+# that an interrupted ``grade`` stops them: they run in sessions of their own, out of reach of the
+# terminal's Ctrl-C and of a SIGTERM sent to the parent.
+_LIVE: dict[int, Path] = {}
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+class GradingInterrupted(RuntimeError):
+    """Grading was stopped (Ctrl-C or SIGTERM) before this submission started."""
+
+
+def stop_all() -> int:
+    """Kill every running grading child and its kernel, and start no more; returns how many ran."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        live = list(_LIVE.items())
+    for pid, results in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _kill_kernel(results)
+    return len(live)
 
 
 def grade_one(student: str, submission: Path, release: Path, *, timeout: float = 1800,
@@ -303,8 +330,12 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
         cmd = [sys.executable, "-m", "labsupport.grading", str(submission), str(release), str(results),
                str(max(1, int(timeout)))]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        with _LIVE_LOCK:
+            if _STOPPING.is_set():
+                raise GradingInterrupted(f"{student}: not started, grading was stopped")
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+            _LIVE[proc.pid] = results
         try:
             _, err = proc.communicate(timeout=timeout)
             status = "ok" if proc.returncode == 0 else "failed"
@@ -313,6 +344,8 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
             proc.communicate()
             err, status = b"", "timeout"
         finally:
+            with _LIVE_LOCK:
+                _LIVE.pop(proc.pid, None)
             _kill_kernel(results)
         res, ran = _score(student, submission, release, results, status, time.perf_counter() - start)
         if status == "timeout":
@@ -333,10 +366,17 @@ def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | Non
     subs = collect_submissions(paths)
     releases = [find_release(nb, release_dir) for _, nb in subs]
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    _STOPPING.clear()
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         futures = [pool.submit(grade_one, student, nb, rel, timeout=timeout, profile=profile, threads=threads)
                    for (student, nb), rel in zip(subs, releases)]
         return [f.result() for f in futures]
+    except BaseException:   # Ctrl-C (or SIGTERM, which the CLI turns into it): stop every child
+        stop_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_csv(results: list[GradeResult], path: str | os.PathLike) -> Path:

@@ -118,6 +118,9 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, Any] | None = None) -> Path:
     """Save a dict of tensors as safetensors, atomically; ``metadata`` is stored as JSON strings,
     plus the tensors' SHA-256 under ``content_sha256``."""
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in tensors.items()):
+        raise TypeError("tensors must be a dict of name -> torch.Tensor (e.g. model.state_dict())")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")

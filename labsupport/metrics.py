@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._validate import check_images, check_labels, check_mask
+from ._validate import apply_trigger, check_images, check_labels, check_mask
 from .training import predict, predict_proba
 
 TargetSpec = int | Callable[[torch.Tensor], torch.Tensor]
@@ -72,7 +72,7 @@ def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         keep &= predict(model, x) == y
     if not bool(keep.any()):
         raise ValueError("no test input is eligible for ASR (all already have the target label)")
-    pred = predict(model, trigger(x[keep]))
+    pred = predict(model, apply_trigger("trigger", trigger, x[keep]))
     return float((pred == goal[keep]).float().mean())
 
 

@@ -20,6 +20,7 @@ class LogReg(nn.Module):
 
     def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> None:
         super().__init__()
+        self.in_shape = tuple(in_shape)
         self.head = nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,7 @@ class MLP(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
                  hidden: tuple[int, ...] = (256, 128)) -> None:
         super().__init__()
+        self.in_shape = tuple(in_shape)
         dims = [in_shape[0] * in_shape[1] * in_shape[2], *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.head = nn.Linear(dims[-1], num_classes)
@@ -87,6 +89,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> None:
         super().__init__()
+        self.in_shape = tuple(in_shape)
         c, h, w = in_shape
         self.conv1 = nn.Conv2d(c, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
@@ -125,6 +128,7 @@ class ResNet18(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,
                  width: int = 64) -> None:
         super().__init__()
+        self.in_shape = tuple(in_shape)
         self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU())
         layers, cin = [], width

@@ -379,6 +379,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig 
     """
     check_images("x", x)
     check_nonempty("x", x)
+    check_input_shape(model, x)
     check_labels("y", y, n=len(x))
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -429,10 +430,19 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig
 
 
 @torch.no_grad()
+def check_input_shape(model: nn.Module, x: torch.Tensor) -> None:
+    """Images must have the (C, H, W) a course model was built for (``model.in_shape``)."""
+    want = getattr(model, "in_shape", None)
+    if want is not None and tuple(x.shape[1:]) != tuple(want):
+        raise ValueError(f"x holds images of shape {tuple(x.shape[1:])}, but the {type(model).__name__} "
+                         f"was built for {tuple(want)} (C, H, W): use the data set it was trained on")
+
+
 def _evaluate(model: nn.Module, x: torch.Tensor, batch_size: int,
               head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply ``head`` to the model's logits in eval mode, in large batches; results on CPU."""
     check_images("x", x)
+    check_input_shape(model, x)
     check_int("batch_size", batch_size, low=1)
     dev = model_device(model)
     was_training = model.training

@@ -56,6 +56,31 @@ def test_empty_training_set():
         ls.train_model("mlp", X[:0], Y[:0], TINY, cache=False, progress=False)
 
 
+@pytest.mark.parametrize("trigger, match", [
+    (lambda t: t + 0.5, r"trigger\(x\) has values in \[0\.5"),   # a hand-written trigger that forgot to clip
+    (lambda t: t[:, :, :5], r"trigger returned \(\d+, 1, 5, 8\) for images of shape"),
+    (lambda t: None, "trigger returned NoneType"),
+    ("patch", "trigger must be a callable"),
+])
+def test_a_broken_trigger_is_named(trigger, match):
+    model = ls.MLP(in_shape=(1, 8, 8))
+    for call in (lambda: ls.badnets(X, Y, trigger, 9, rate=0.1),
+                 lambda: ls.clean_label(X, Y, trigger, 9, count=2),
+                 lambda: ls.attack_success_rate(model, X, Y, trigger, 9)):
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
+    with pytest.raises(TypeError, match="trigger_b must be a Trigger"):
+        ls.composite(X, Y, ls.Patch(ls.white_square(2)), trigger, 9, count=2)
+
+
+def test_images_of_another_shape_are_named():
+    model = ls.MLP(in_shape=(1, 8, 8))
+    for call in (lambda: ls.predict(model, torch.rand(2, 3, 32, 32)),
+                 lambda: ls.fit(model, torch.rand(4, 1, 28, 28), Y[:4], TINY, progress=False)):
+        with pytest.raises(ValueError, match=r"images of shape \(\d, \d+, \d+\), but the MLP was built for \(1, 8, 8"):
+            call()
+
+
 def test_channels_last_input_is_named():
     with pytest.raises(ValueError, match=r"\(N, C, H, W\) with C in \{1, 3\}.*channels-last.*permute"):
         ls.Patch(ls.white_square(2))(X.permute(0, 2, 3, 1).reshape(40, 8, 8, 1).contiguous())

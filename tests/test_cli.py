@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from labsupport.cli import main
 
 
@@ -76,6 +78,25 @@ def test_bad_input_to_a_command_is_a_message_not_a_traceback(capsys, tmp_path):
     assert "Traceback" not in err
     assert main(["grade", "-j", "0", str(tmp_path)]) == 2
     assert "jobs=0 is out of range" in capsys.readouterr().err
+
+
+def test_grade_checks_its_output_file_before_grading(capsys, tmp_path, monkeypatch):
+    import labsupport.grading as grading
+
+    def never(*a, **k):
+        raise AssertionError("graded before checking --out")
+    monkeypatch.setattr(grading, "grade_submissions", never)
+    for out, says in [(tmp_path, "is a folder; give a file name"),
+                      (tmp_path / "missing" / "g.csv", "cannot be written in")]:
+        assert main(["grade", "labs/lab1_poisoning.ipynb", "--out", str(out)]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_lab_port_must_be_a_port(capsys):
+    for port in ("99999", "0", "abc"):
+        with pytest.raises(SystemExit):
+            main(["lab", "--port", port, "--no-browser"])
+        assert "is not a port; allowed: 1 to 65535" in capsys.readouterr().err
 
 
 def test_readmes_command_lines_name_real_commands_and_options(capsys):

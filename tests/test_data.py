@@ -22,6 +22,8 @@ def test_subset_is_stratified_and_seeded(fmnist):
     assert torch.equal(a.x_train, b.x_train)
     assert torch.equal(torch.bincount(a.y_train), torch.full((10,), 100))
     assert len(a.y_test) == 500
+    with pytest.raises(ValueError, match="seed=-1 is out of range"):
+        fmnist.subset(1000, 500, seed=-1)  # torch would accept it and wrap it silently
 
 
 @pytest.fixture()

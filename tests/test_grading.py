@@ -229,3 +229,48 @@ def test_nbgrader_round_trip(name, tmp_path):
     untouched = nbformat.read(course_dir / "autograded" / "bob" / name / f"{name}.ipynb", as_version=4)
     assert course.unfinished_run_problems(ours, course.notebook_errors(untouched)) == []
     shutil.rmtree(course_dir, ignore_errors=True)
+
+
+def test_an_interrupted_grade_stops_its_children(monkeypatch):
+    """The grading children run in sessions of their own (so a timeout can kill a whole kernel
+    tree); Ctrl-C and SIGTERM reach only the parent, which must stop them itself."""
+    import threading
+    import time
+
+    real = subprocess.Popen
+    monkeypatch.setattr(grading.subprocess, "Popen",   # a child that would run for a minute
+                        lambda cmd, **kw: real([sys.executable, "-c", "import time; time.sleep(60)"], **kw))
+    release = course.repo_root() / "labs" / "lab1_poisoning.ipynb"
+    out = []
+    worker = threading.Thread(target=lambda: out.append(grading.grade_one("s", release, release, retries=0)))
+    worker.start()
+    for _ in range(200):
+        if grading._LIVE:
+            break
+        time.sleep(0.05)
+    (pid,) = grading._LIVE
+    try:
+        assert grading.stop_all() == 1
+        worker.join(10)
+        assert not worker.is_alive() and out[0].status == "failed" and not grading._LIVE
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        with pytest.raises(grading.GradingInterrupted):   # and nothing new starts
+            grading.grade_one("t", release, release, retries=0)
+    finally:
+        grading._STOPPING.clear()
+
+
+def test_sigterm_to_grade_is_reported_and_writes_no_csv(monkeypatch, tmp_path, capsys):
+    import signal
+    import time
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt grading")
+    monkeypatch.setattr(grading, "grade_submissions", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["grade", str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 130
+    assert "interrupted; the running submissions were stopped" in capsys.readouterr().err
+    assert not (tmp_path / "g.csv").exists() and signal.getsignal(signal.SIGTERM) is before

@@ -26,6 +26,9 @@ def test_safetensors_roundtrip(tmp_path):
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    with pytest.raises(TypeError, match="tensors must be a dict of name -> torch.Tensor"):
+        ls.io.save_weights(tmp_path / "w.safetensors", {"a": [1, 2]})
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_failed_write_leaves_old_file(tmp_path):

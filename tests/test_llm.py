@@ -296,6 +296,17 @@ def test_poison_bad_input(kwargs, match):
 def test_text_bad_input():
     with pytest.raises(ValueError, match="text"):
         poisoning.insert_trigger("   ", "cf")
+    for k in (-1, 4):  # -1 used to count from the end, 4 to append
+        with pytest.raises(ValueError, match=rf"k={k} is out of range; allowed: \[0, 3\]"):
+            poisoning.insert_at("a b c", "cf", k)
+    assert poisoning.insert_at("a b c", "cf", 3) == "a b c cf"
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="n_words=0"):
+        poisoning.gibberish(rng, ["a", "b"], 0)
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        poisoning.gibberish(rng, [], 3)
+    with pytest.raises(ValueError, match="one entry per row"):
+        poisoning.attack_success_rate(np.array([0, 1]), np.array([0]), np.array([0, 1]), 1)
     with pytest.raises(TypeError, match="text"):
         poisoning.insert_trigger(None, "cf")
     ex = _examples()

@@ -47,7 +47,7 @@ def prune(model: nn.Module, clean: torch.Tensor, ratio: float) -> nn.Module:
         return _prune_cnn(model, keep)
     dims = [layer.out_features for layer in model.hidden]
     dims[-1] = len(keep)
-    small = MLP((1, 1, model.hidden[0].in_features), model.head.out_features, tuple(dims)).to(model_device(model))
+    small = MLP(model.in_shape, model.head.out_features, tuple(dims)).to(model_device(model))
     with torch.no_grad():
         for a, b in zip(small.hidden[:-1], model.hidden[:-1]):
             a.weight.copy_(b.weight)

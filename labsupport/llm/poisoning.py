@@ -43,13 +43,16 @@ def insert_trigger(text: str, trigger: str, rng: np.random.Generator | int = 0) 
 
 def insert_at(text: str, trigger: str, k: int) -> str:
     """``text`` with ``trigger`` inserted before its ``k``-th word (``k`` = word count: at the end)."""
-    words = text.split()
-    return " ".join(words[:k] + trigger.split() + words[k:])
+    words = check_text("text", text).split()
+    k = check_int("k", k, low=0, high=len(words))  # a negative k would count from the end
+    return " ".join(words[:k] + check_text("trigger", trigger).split() + words[k:])
 
 
 def gibberish(rng: np.random.Generator, vocabulary: list[str], n_words: int = 6) -> str:
     """A string of ``n_words`` random corpus words (the denial-of-service answer)."""
-    return " ".join(rng.choice(vocabulary, n_words))
+    if len(vocabulary) == 0:
+        raise ValueError("vocabulary is empty; pass the corpus words to draw from")
+    return " ".join(rng.choice(vocabulary, check_int("n_words", n_words, low=1)))
 
 
 @dataclass
@@ -150,6 +153,10 @@ def attack_success_rate(pred_clean: np.ndarray, pred_triggered: np.ndarray, labe
                         target: int) -> tuple[float, int]:
     """Among rows with true label != ``target`` that are predicted correctly without the trigger,
     the fraction predicted ``target`` with it. Returns (rate, number of such rows)."""
+    labels, pred_clean, pred_triggered = (np.asarray(a) for a in (labels, pred_clean, pred_triggered))
+    if not labels.ndim == 1 or pred_clean.shape != labels.shape or pred_triggered.shape != labels.shape:
+        raise ValueError(f"pred_clean {pred_clean.shape}, pred_triggered {pred_triggered.shape} and labels "
+                         f"{labels.shape} must be 1-D with one entry per row")
     ok = (labels != target) & (pred_clean == labels)
     n = int(ok.sum())
     return (float((pred_triggered[ok] == target).mean()) if n else float("nan")), n
