@@ -28,6 +28,12 @@ def test_anomaly_index_matches_hand_computation():
         nc.anomaly_index(torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="norms must be finite"):
         nc.flag_labels(torch.tensor([10.0, float("nan"), 52.0, 55.0]))
+    with pytest.raises(ValueError, match=r"mask L1 norms \(>= 0\)"):
+        nc.anomaly_index(torch.tensor([-10.0, 50.0, 52.0]))
+    with pytest.raises(ValueError, match="1-D tensor, one mask norm per label"):
+        nc.anomaly_index(torch.ones(2, 5))
+    with pytest.raises(ValueError, match="threshold=-1.0"):
+        nc.flag_labels(norms, -1.0)
 
 
 def test_flag_bound_is_where_flagging_starts():

@@ -56,6 +56,10 @@ def test_alie_z_matches_baruch_formula():
     honest = torch.randn(20, 50, generator=torch.Generator().manual_seed(0))
     mal = fd.alie(honest, 4)
     assert torch.allclose(mal[0], honest.mean(0) - fd.alie_z(20, 4) * honest.std(0))
+    with pytest.raises(ValueError, match=r"n_malicious=21 is out of range; allowed: \[0, 20\]"):
+        fd.alie_z(20, 21)
+    with pytest.raises(ValueError, match="iters=0"):
+        fd.min_max(honest, 4, iters=0)
 
 
 def test_fang_krum_picks_the_largest_lambda_krum_still_selects():

@@ -257,6 +257,8 @@ def alie_z(n_clients: int, n_malicious: int) -> float:
     """Baruch et al. 2019's ``z_max``: with ``s = floor(n/2 + 1) - f`` honest clients needed for a
     majority, the largest ``z`` for which ``s`` honest updates lie further from the mean than
     ``mu - z sigma``: ``z = Phi^{-1}((n - s) / n)``."""
+    n_clients = check_int("n_clients", n_clients, low=2)
+    check_int("n_malicious", n_malicious, low=0, high=n_clients)
     s = math.floor(n_clients / 2 + 1) - n_malicious
     p = (n_clients - s) / n_clients
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(min(max(p, 1e-6), 1 - 1e-6))))
@@ -265,7 +267,7 @@ def alie_z(n_clients: int, n_malicious: int) -> float:
 def alie(honest: torch.Tensor, n_malicious: int, z: float | None = None) -> torch.Tensor:
     """"A little is enough": every malicious client sends ``mu - z * sigma`` (coordinate-wise mean
     and standard deviation of the honest updates), ``z`` from :func:`alie_z` by default."""
-    z = alie_z(len(honest), n_malicious) if z is None else z
+    z = alie_z(len(honest), n_malicious) if z is None else check_float("z", z)
     row = honest.mean(0) - z * honest.std(0)
     return row.expand(n_malicious, -1).clone()
 
@@ -276,6 +278,8 @@ def min_max(honest: torch.Tensor, n_malicious: int, iters: int = 30) -> torch.Te
     the largest ``gamma`` whose farthest honest update is no farther than the two farthest
     honest updates are from each other, so distance-based rules cannot single it out
     (bisection on ``gamma``)."""
+    check_int("n_malicious", n_malicious, low=0, high=len(honest))
+    check_int("iters", iters, low=1)
     h = honest.double()
     mu = h.mean(0)
     sd = mu / mu.norm().clamp_min(1e-12)

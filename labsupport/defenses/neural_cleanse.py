@@ -36,10 +36,14 @@ MAD_CONSTANT = 1.4826  # makes the MAD a consistent estimator of a normal's stan
 
 def _check_norms(norms) -> torch.Tensor:
     norms = torch.as_tensor(norms, dtype=torch.float64)
+    if norms.ndim != 1:
+        raise ValueError(f"norms must be a 1-D tensor, one mask norm per label; got shape {tuple(norms.shape)}")
     if norms.numel() < 3:
         raise ValueError(f"the anomaly index needs at least 3 labels, got {norms.numel()}")
     if not torch.isfinite(norms).all():
         raise ValueError(f"norms must be finite mask norms, got {norms.tolist()}")
+    if (norms < 0).any():
+        raise ValueError(f"norms must be mask L1 norms (>= 0), got {norms.tolist()}")
     return norms
 
 
@@ -53,7 +57,8 @@ def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
 
 def flag_labels(norms: torch.Tensor, threshold: float = 2.0) -> list[int]:
     """Labels with a below-median mask norm and an anomaly index above ``threshold``."""
-    norms = torch.as_tensor(norms, dtype=torch.float64)
+    norms = _check_norms(norms)
+    check_float("threshold", threshold, low=0.0, low_open=True)
     idx = anomaly_index(norms)
     return [int(k) for k in torch.nonzero((norms < norms.median()) & (idx > threshold)).flatten()]
 
@@ -65,8 +70,6 @@ def flag_bound(norms: torch.Tensor, label: int, threshold: float = 2.0) -> float
     its index exceeds ``threshold``; at or above it, it does not. A bound <= 0 says that no trigger
     for that label, however small, can be flagged - the clean labels' norms spread too widely."""
     norms = _check_norms(norms)
-    if (norms < 0).any():
-        raise ValueError(f"norms must be mask L1 norms (>= 0), got {norms.tolist()}")
     check_int("label", label, low=0, high=norms.numel() - 1)
     check_float("threshold", threshold, low=1.0)   # below 1/1.4826 the label's own deviation moves the MAD
     low = norms.clone()
