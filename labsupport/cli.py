@@ -245,7 +245,7 @@ def _port(text: str) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .grading import grade_submissions, write_csv
+    from .grading import grade_submissions, students_without_notebooks, write_csv
 
     writable_file(args.out)   # before minutes of grading, not after
 
@@ -266,6 +266,8 @@ def _grade(args: argparse.Namespace) -> int:
         print(f"{r.student:<20} {Path(r.notebook).name:<28} {r.total:g}/{r.max_points:g}  {r.status}"
               f"  {r.seconds:.0f} s" + (f"  ({len(r.errors)} error(s))" if r.errors else ""))
     print(f"wrote {path}")
+    if absent := students_without_notebooks(args.submissions):
+        print(f"no notebook from {len(absent)} student folder(s), so no row in {path.name}: {', '.join(absent)}")
     return 0
 
 

@@ -208,6 +208,14 @@ def collect_submissions(paths: list[str | os.PathLike]) -> list[tuple[str, Path]
     return found
 
 
+def students_without_notebooks(paths: list[str | os.PathLike]) -> list[str]:
+    """The student folders (the subfolders of the folders given) that hold no notebook at all:
+    they get no row in the grades, so the instructor is told."""
+    return sorted(d.name for raw in paths if Path(raw).is_dir() for d in Path(raw).iterdir()
+                  if d.is_dir() and not d.name.startswith(".")
+                  and not any(".ipynb_checkpoints" not in nb.parts for nb in d.rglob("*.ipynb")))
+
+
 def _run_one(submission: Path, release: Path, results: Path, cell_timeout: int) -> None:
     """Child process: restore the checks, execute, and append one JSON line per finished cell."""
     from nbclient import NotebookClient

@@ -183,6 +183,19 @@ def test_grade_argument_errors(tmp_path):
         grading.collect_submissions([tmp_path / "missing.txt"])
 
 
+def test_student_folders_without_a_notebook_are_reported(tmp_path, monkeypatch, capsys):
+    _write(_exercise_notebook(), tmp_path / "subs" / "ada" / "lab1_poisoning.ipynb")
+    _write(_exercise_notebook(), tmp_path / "subs" / "eve" / ".ipynb_checkpoints" / "lab1_poisoning.ipynb")
+    (tmp_path / "subs" / "bob").mkdir()
+    (tmp_path / "subs" / ".git").mkdir()
+    assert grading.students_without_notebooks([tmp_path / "subs"]) == ["bob", "eve"]
+    assert [s for s, _ in grading.collect_submissions([tmp_path / "subs"])] == ["ada"]
+    monkeypatch.setattr(grading, "grade_submissions",
+                        lambda *a, **k: [grading.GradeResult("ada", "lab1_poisoning.ipynb", {"a": 1.0}, 1.0)])
+    assert main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "g.csv")]) == 0
+    assert "no notebook from 2 student folder(s), so no row in g.csv: bob, eve" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------
 # Real nbgrader, offline, sqlite gradebook, quick profile
 # ---------------------------------------------------------------------------------------------
