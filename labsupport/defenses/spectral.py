@@ -65,7 +65,8 @@ def top_directions(a: np.ndarray, k: int) -> np.ndarray:
     With more rows than columns (a class's activations) they are the top eigenvectors of the
     Gram matrix ``a' a``: the same directions as ``np.linalg.svd`` to ~1e-15 on the course's
     2,000 x 256 classes, ~8x faster because only ``k`` of them are computed."""
-    n, d = _check_features(a).shape
+    a = _check_features(a)
+    n, d = a.shape
     k = min(check_int("k", k, low=1), n, d)
     if n < d:
         return np.linalg.svd(a, full_matrices=False)[2][:k]
