@@ -366,20 +366,32 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
 def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | None = None, jobs: int = 1,
                       timeout: float = 1800, profile: str | None = None) -> list[GradeResult]:
     """Grade every submission under ``paths`` against ``release_dir`` (default ``labs/``),
-    ``jobs`` at a time. Results come back in the order the submissions were found."""
+    ``jobs`` at a time. Results come back in the order the submissions were found. A notebook
+    whose file name matches no released lab gets a ``failed`` row that says so, and the others
+    are graded; when none matches (the wrong folder), nothing runs and the error says why."""
     jobs = check_int("jobs", jobs, low=1)
     if not timeout > 0:
         raise ValueError(f"timeout={timeout} must be > 0 seconds")
     release_dir = Path(release_dir) if release_dir else repo_root() / "labs"
     subs = collect_submissions(paths)
-    releases = [find_release(nb, release_dir) for _, nb in subs]
+    releases: dict[int, Path] = {}
+    unknown: dict[int, str] = {}
+    for i, (_, nb) in enumerate(subs):
+        try:
+            releases[i] = find_release(nb, release_dir)
+        except FileNotFoundError as exc:
+            unknown[i] = str(exc)
+    if not releases:
+        raise FileNotFoundError(next(iter(unknown.values())))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     _STOPPING.clear()
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = [pool.submit(grade_one, student, nb, rel, timeout=timeout, profile=profile, threads=threads)
-                   for (student, nb), rel in zip(subs, releases)]
-        return [f.result() for f in futures]
+        futures = {i: pool.submit(grade_one, subs[i][0], subs[i][1], rel, timeout=timeout, profile=profile,
+                                  threads=threads) for i, rel in releases.items()}
+        return [futures[i].result() if i in futures else
+                GradeResult(student, str(nb), status="failed", errors=["not graded: " + unknown[i]])
+                for i, (student, nb) in enumerate(subs)]
     except BaseException:   # Ctrl-C (or SIGTERM, which the CLI turns into it): stop every child
         stop_all()
         raise

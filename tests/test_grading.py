@@ -176,6 +176,26 @@ def test_grade_rejects_unknown_notebook(tmp_path):
         grading.grade_submissions([tmp_path / "subs"], release_dir=tmp_path / "release")
 
 
+def test_a_misnamed_notebook_gets_a_failed_row_and_the_others_are_graded(tmp_path, monkeypatch):
+    """One student who renamed the file must not stop the class (README: a broken notebook never
+    stops the others); only when nothing matches is the folder itself wrong."""
+    _write(course.student_notebook(_exercise_notebook()), tmp_path / "release" / "tiny.ipynb")
+    _write(_exercise_notebook(), tmp_path / "subs" / "ada" / "other.ipynb")
+    _write(_exercise_notebook(), tmp_path / "subs" / "bo" / "tiny.ipynb")
+    graded = []
+
+    def grade_one(student, nb, rel, **kwargs):
+        graded.append((student, rel.name))
+        return grading.GradeResult(student, str(nb), {"a": 1.0}, 2.0)
+    monkeypatch.setattr(grading, "grade_one", grade_one)
+    ada, bo = grading.grade_submissions([tmp_path / "subs"], release_dir=tmp_path / "release")
+    assert graded == [("bo", "tiny.ipynb")] and bo.total == 1.0 and bo.status == "ok"
+    assert ada.student == "ada" and ada.status == "failed" and ada.total == 0
+    assert ada.errors == [f"not graded: {tmp_path / 'subs' / 'ada' / 'other.ipynb'}: no released notebook named "
+                          f"other.ipynb in {tmp_path / 'release'}; submissions must keep the lab's file name, "
+                          "one of ['tiny.ipynb']"]
+
+
 def test_grade_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="jobs"):
         grading.grade_submissions([tmp_path], jobs=0)
