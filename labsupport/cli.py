@@ -245,16 +245,26 @@ def _port(text: str) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .grading import grade_submissions, students_without_notebooks, write_csv
+    from .grading import collect_submissions, grade_submissions, students_without_notebooks, write_csv
 
     writable_file(args.out)   # before minutes of grading, not after
+    n = len(collect_submissions(args.submissions))
+    print(f"grading {n} submission(s), {args.jobs} at a time, each within {args.timeout:g} s; a line as each "
+          "finishes", file=sys.stderr, flush=True)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
+
+    def row(r) -> str:
+        return (f"{r.student:<20} {Path(r.notebook).name:<28} {r.total:g}/{r.max_points:g}  {r.status}"
+                f"  {r.seconds:.0f} s" + (f"  ({len(r.errors)} error(s))" if r.errors else ""))
+
+    def progress(r, k: int, n: int) -> None:   # as each finishes: grading a class takes a while
+        print(f"[{k}/{n}] {row(r)}", file=sys.stderr, flush=True)
     old = signal.signal(signal.SIGTERM, interrupt)   # `kill` or `timeout`: clean up as for Ctrl-C
     try:
         results = grade_submissions(args.submissions, release_dir=Path(args.release) if args.release else None,
-                                    jobs=args.jobs, timeout=args.timeout, profile=args.profile)
+                                    jobs=args.jobs, timeout=args.timeout, profile=args.profile, on_done=progress)
     except KeyboardInterrupt:
         print("labsupport grade: interrupted; the running submissions were stopped and no CSV was written",
               file=sys.stderr)
@@ -263,8 +273,7 @@ def _grade(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
     path = write_csv(results, args.out)
     for r in results:
-        print(f"{r.student:<20} {Path(r.notebook).name:<28} {r.total:g}/{r.max_points:g}  {r.status}"
-              f"  {r.seconds:.0f} s" + (f"  ({len(r.errors)} error(s))" if r.errors else ""))
+        print(row(r))
     print(f"wrote {path}")
     if absent := students_without_notebooks(args.submissions):
         print(f"no notebook from {len(absent)} student folder(s), so no row in {path.name}: {', '.join(absent)}")

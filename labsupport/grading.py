@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,11 +365,13 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
 
 
 def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | None = None, jobs: int = 1,
-                      timeout: float = 1800, profile: str | None = None) -> list[GradeResult]:
+                      timeout: float = 1800, profile: str | None = None,
+                      on_done: Callable[[GradeResult, int, int], None] | None = None) -> list[GradeResult]:
     """Grade every submission under ``paths`` against ``release_dir`` (default ``labs/``),
     ``jobs`` at a time. Results come back in the order the submissions were found. A notebook
     whose file name matches no released lab gets a ``failed`` row that says so, and the others
-    are graded; when none matches (the wrong folder), nothing runs and the error says why."""
+    are graded; when none matches (the wrong folder), nothing runs and the error says why.
+    ``on_done(result, k, n)`` is called as each submission finishes (the k-th of n), for progress."""
     jobs = check_int("jobs", jobs, low=1)
     if not timeout > 0:
         raise ValueError(f"timeout={timeout} must be > 0 seconds")
@@ -384,11 +387,23 @@ def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | Non
     if not releases:
         raise FileNotFoundError(next(iter(unknown.values())))
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    finished = [0]
+    lock = threading.Lock()
+
+    def done(res: GradeResult) -> GradeResult:
+        if on_done is not None:
+            with lock:
+                finished[0] += 1
+                on_done(res, finished[0], len(releases))
+        return res
+
+    def one(i: int, rel: Path) -> GradeResult:
+        return done(grade_one(subs[i][0], subs[i][1], rel, timeout=timeout, profile=profile, threads=threads))
+
     _STOPPING.clear()
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = {i: pool.submit(grade_one, subs[i][0], subs[i][1], rel, timeout=timeout, profile=profile,
-                                  threads=threads) for i, rel in releases.items()}
+        futures = {i: pool.submit(one, i, rel) for i, rel in releases.items()}
         return [futures[i].result() if i in futures else
                 GradeResult(student, str(nb), status="failed", errors=["not graded: " + unknown[i]])
                 for i, (student, nb) in enumerate(subs)]

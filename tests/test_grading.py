@@ -188,8 +188,11 @@ def test_a_misnamed_notebook_gets_a_failed_row_and_the_others_are_graded(tmp_pat
         graded.append((student, rel.name))
         return grading.GradeResult(student, str(nb), {"a": 1.0}, 2.0)
     monkeypatch.setattr(grading, "grade_one", grade_one)
-    ada, bo = grading.grade_submissions([tmp_path / "subs"], release_dir=tmp_path / "release")
+    done = []
+    ada, bo = grading.grade_submissions([tmp_path / "subs"], release_dir=tmp_path / "release",
+                                        on_done=lambda r, k, n: done.append((r.student, k, n)))
     assert graded == [("bo", "tiny.ipynb")] and bo.total == 1.0 and bo.status == "ok"
+    assert done == [("bo", 1, 1)]   # the progress callback, once per graded submission
     assert ada.student == "ada" and ada.status == "failed" and ada.total == 0
     assert ada.errors == [f"not graded: {tmp_path / 'subs' / 'ada' / 'other.ipynb'}: no released notebook named "
                           f"other.ipynb in {tmp_path / 'release'}; submissions must keep the lab's file name, "
@@ -304,6 +307,7 @@ def test_sigterm_to_grade_is_reported_and_writes_no_csv(monkeypatch, tmp_path, c
         raise AssertionError("SIGTERM did not interrupt grading")
     monkeypatch.setattr(grading, "grade_submissions", killed)
     before = signal.getsignal(signal.SIGTERM)
-    assert main(["grade", str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 130
+    _write(_exercise_notebook(), tmp_path / "subs" / "ada" / "tiny.ipynb")
+    assert main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "g.csv")]) == 130
     assert "interrupted; the running submissions were stopped" in capsys.readouterr().err
     assert not (tmp_path / "g.csv").exists() and signal.getsignal(signal.SIGTERM) is before
