@@ -245,12 +245,14 @@ def _port(text: str) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .grading import collect_submissions, grade_submissions, students_without_notebooks, write_csv
+    from .grading import collect_submissions, grade_submissions, match_releases, students_without_notebooks, write_csv
 
     writable_file(args.out)   # before minutes of grading, not after
-    n = len(collect_submissions(args.submissions))
+    release = Path(args.release) if args.release else None
+    n, unknown = (len(m) for m in match_releases(collect_submissions(args.submissions), release))
     print(f"grading {n} submission(s), {args.jobs} at a time, each within {args.timeout:g} s; a line as each "
-          "finishes", file=sys.stderr, flush=True)
+          "finishes" + (f" ({unknown} notebook(s) match no lab: not graded, a failed row each)" if unknown else ""),
+          file=sys.stderr, flush=True)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -263,7 +265,7 @@ def _grade(args: argparse.Namespace) -> int:
         print(f"[{k}/{n}] {row(r)}", file=sys.stderr, flush=True)
     old = signal.signal(signal.SIGTERM, interrupt)   # `kill` or `timeout`: clean up as for Ctrl-C
     try:
-        results = grade_submissions(args.submissions, release_dir=Path(args.release) if args.release else None,
+        results = grade_submissions(args.submissions, release_dir=release,
                                     jobs=args.jobs, timeout=args.timeout, profile=args.profile, on_done=progress)
     except KeyboardInterrupt:
         print("labsupport grade: interrupted; the running submissions were stopped and no CSV was written",

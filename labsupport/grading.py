@@ -364,6 +364,23 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
         return res, ran
 
 
+def match_releases(subs: list[tuple[str, Path]], release_dir: Path | None = None
+                   ) -> tuple[dict[int, Path], dict[int, str]]:
+    """For each submission (as ``collect_submissions`` lists them), by index: the released lab it
+    answers, or why none matches. Raises when none matches (the wrong folder)."""
+    release_dir = Path(release_dir) if release_dir else repo_root() / "labs"
+    releases: dict[int, Path] = {}
+    unknown: dict[int, str] = {}
+    for i, (_, nb) in enumerate(subs):
+        try:
+            releases[i] = find_release(nb, release_dir)
+        except FileNotFoundError as exc:
+            unknown[i] = str(exc)
+    if not releases:
+        raise FileNotFoundError(next(iter(unknown.values())))
+    return releases, unknown
+
+
 def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | None = None, jobs: int = 1,
                       timeout: float = 1800, profile: str | None = None,
                       on_done: Callable[[GradeResult, int, int], None] | None = None) -> list[GradeResult]:
@@ -375,17 +392,8 @@ def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | Non
     jobs = check_int("jobs", jobs, low=1)
     if not timeout > 0:
         raise ValueError(f"timeout={timeout} must be > 0 seconds")
-    release_dir = Path(release_dir) if release_dir else repo_root() / "labs"
     subs = collect_submissions(paths)
-    releases: dict[int, Path] = {}
-    unknown: dict[int, str] = {}
-    for i, (_, nb) in enumerate(subs):
-        try:
-            releases[i] = find_release(nb, release_dir)
-        except FileNotFoundError as exc:
-            unknown[i] = str(exc)
-    if not releases:
-        raise FileNotFoundError(next(iter(unknown.values())))
+    releases, unknown = match_releases(subs, release_dir)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     finished = [0]
     lock = threading.Lock()

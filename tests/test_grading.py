@@ -176,7 +176,7 @@ def test_grade_rejects_unknown_notebook(tmp_path):
         grading.grade_submissions([tmp_path / "subs"], release_dir=tmp_path / "release")
 
 
-def test_a_misnamed_notebook_gets_a_failed_row_and_the_others_are_graded(tmp_path, monkeypatch):
+def test_a_misnamed_notebook_gets_a_failed_row_and_the_others_are_graded(tmp_path, monkeypatch, capsys):
     """One student who renamed the file must not stop the class (README: a broken notebook never
     stops the others); only when nothing matches is the folder itself wrong."""
     _write(course.student_notebook(_exercise_notebook()), tmp_path / "release" / "tiny.ipynb")
@@ -197,6 +197,12 @@ def test_a_misnamed_notebook_gets_a_failed_row_and_the_others_are_graded(tmp_pat
     assert ada.errors == [f"not graded: {tmp_path / 'subs' / 'ada' / 'other.ipynb'}: no released notebook named "
                           f"other.ipynb in {tmp_path / 'release'}; submissions must keep the lab's file name, "
                           "one of ['tiny.ipynb']"]
+    # the CLI's start line counts what it will grade, and says what it will not
+    assert main(["grade", str(tmp_path / "subs"), "--release", str(tmp_path / "release"),
+                 "--out", str(tmp_path / "g.csv")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("grading 1 submission(s), 1 at a time") and "1 notebook(s) match no lab" in err
+    assert "[1/1] bo" in err
 
 
 def test_grade_argument_errors(tmp_path):

@@ -283,12 +283,10 @@ def instruction_corpus(sentences: Sentences | None = None, *, tasks: tuple[str, 
         check_choice("tasks", t, TASKS)
     if (tokenizer is None) != (max_tokens is None):
         raise ValueError("give tokenizer and max_tokens together (to cut the sentences), or neither")
-    texts = sentences.text if tokenizer is None else tokenizer.cut(sentences.text, max_tokens)
     rng = np.random.default_rng(seed)
     splits = np.array([split_of(t) for t in sentences.text])
-    out = {}
+    chosen = []   # (split, task, rows, templates, labels); the texts are cut once, for the rows used
     for split in ("train", "val", "test"):
-        parts = []
         for task in tasks:
             rows = np.flatnonzero(splits == split)
             if task == "sentiment":
@@ -302,9 +300,15 @@ def instruction_corpus(sentences: Sentences | None = None, *, tasks: tuple[str, 
                 check_int(f"max_train[{task!r}]", cap, low=1)
                 keep = np.sort(rng.choice(len(rows), cap, replace=False))
                 rows, labels = rows[keep], labels[keep]
-            n = len(rows)
-            parts.append(Examples([task] * n, [texts[i] for i in rows],
-                                  rng.integers(0, len(TEMPLATES[task]), n), labels,
-                                  [ANSWERS[task][k] for k in labels], rows.astype(np.int64)))
-        out[split] = Examples.concat(*parts)
+            chosen.append((split, task, rows, rng.integers(0, len(TEMPLATES[task]), len(rows)), labels))
+    used = np.unique(np.concatenate([c[2] for c in chosen]))
+    cut = [sentences.text[i] for i in used] if tokenizer is None else tokenizer.cut([sentences.text[i] for i in used],
+                                                                                     max_tokens)
+    texts = dict(zip(used.tolist(), cut))
+    out = {}
+    for split in ("train", "val", "test"):
+        out[split] = Examples.concat(*(
+            Examples([task] * len(rows), [texts[i] for i in rows], templates, labels,
+                     [ANSWERS[task][k] for k in labels], rows.astype(np.int64))
+            for sp, task, rows, templates, labels in chosen if sp == split))
     return InstructionCorpus(sentences, out["train"], out["val"], out["test"])
