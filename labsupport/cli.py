@@ -245,8 +245,16 @@ def _port(text: str) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .grading import collect_submissions, grade_submissions, match_releases, students_without_notebooks, write_csv
+    from .grading import (
+        check_grade_options,
+        collect_submissions,
+        grade_submissions,
+        match_releases,
+        students_without_notebooks,
+        write_csv,
+    )
 
+    check_grade_options(args.jobs, args.timeout)   # the options first, then the folders
     writable_file(args.out)   # before minutes of grading, not after
     release = Path(args.release) if args.release else None
     n, unknown = (len(m) for m in match_releases(collect_submissions(args.submissions), release))

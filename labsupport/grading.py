@@ -364,6 +364,14 @@ def _grade_attempt(student: str, submission: Path, release: Path, timeout: float
         return res, ran
 
 
+def check_grade_options(jobs: int, timeout: float) -> tuple[int, float]:
+    """``jobs`` (≥ 1) and ``timeout`` (> 0 seconds), checked before anything is collected or run."""
+    jobs = check_int("jobs", jobs, low=1)
+    if not timeout > 0:
+        raise ValueError(f"timeout={timeout} must be > 0 seconds")
+    return jobs, timeout
+
+
 def match_releases(subs: list[tuple[str, Path]], release_dir: Path | None = None
                    ) -> tuple[dict[int, Path], dict[int, str]]:
     """For each submission (as ``collect_submissions`` lists them), by index: the released lab it
@@ -389,9 +397,7 @@ def grade_submissions(paths: list[str | os.PathLike], *, release_dir: Path | Non
     whose file name matches no released lab gets a ``failed`` row that says so, and the others
     are graded; when none matches (the wrong folder), nothing runs and the error says why.
     ``on_done(result, k, n)`` is called as each submission finishes (the k-th of n), for progress."""
-    jobs = check_int("jobs", jobs, low=1)
-    if not timeout > 0:
-        raise ValueError(f"timeout={timeout} must be > 0 seconds")
+    jobs, timeout = check_grade_options(jobs, timeout)
     subs = collect_submissions(paths)
     releases, unknown = match_releases(subs, release_dir)
     threads = max(1, (os.cpu_count() or 1) // jobs)

@@ -78,6 +78,10 @@ def test_bad_input_to_a_command_is_a_message_not_a_traceback(capsys, tmp_path):
     assert "Traceback" not in err
     assert main(["grade", "-j", "0", str(tmp_path)]) == 2
     assert "jobs=0 is out of range" in capsys.readouterr().err
+    (tmp_path / "ada").mkdir()
+    (tmp_path / "ada" / "mine.ipynb").write_text("{}")   # the wrong folder: nothing matches a lab
+    assert main(["grade", str(tmp_path)]) == 2
+    assert "no released notebook named mine.ipynb" in capsys.readouterr().err
 
 
 def test_grade_checks_its_output_file_before_grading(capsys, tmp_path, monkeypatch):

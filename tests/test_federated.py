@@ -131,7 +131,12 @@ def test_a_diverging_mean_is_reported_not_crashed():
 def test_robust_rules_against_attacks_on_fashion_mnist(fmnist):
     """The lab's targets at its settings (seeded): sign-flip collapses the mean but moves median
     and Krum by <= 3 points; Fang's adaptive attack takes >= 10 points from Krum; the boosted
-    backdoor gets through the mean and not the median."""
+    backdoor gets through the mean and not the median.
+
+    Under the mean the backdoor's ASR swings from round to round, so the final round alone is a
+    draw: over attack seeds 1-6 (Intel AVX-512 CPU) it was 30-100 %, and this seed's 35 % there
+    against > 80 % on an AMD one. What holds on every seed is the rate over the last five rounds,
+    71-87 %, with a peak of 93-100 %; under the median it averaged 3-4 % over the rounds."""
     m = fd.run_matrix(fmnist.x_train, fmnist.y_train, fmnist.x_test, fmnist.y_test,
                       rules=("mean", "median", "krum"), attacks=("none", "sign_flip", "backdoor", "fang"),
                       config=fd.FedConfig(seed=1), warmup=fd.FedConfig(rounds=10, local_steps=10, seed=0),
@@ -140,5 +145,13 @@ def test_robust_rules_against_attacks_on_fashion_mnist(fmnist):
     assert m.drop("median", "sign_flip") <= 3
     assert m.drop("krum", "sign_flip") <= 3
     assert m.drop("krum", "fang") >= 10
-    assert m.results[("mean", "backdoor")].final_asr > 0.8
-    assert m.results[("median", "backdoor")].final_asr < 0.1
+    through, held = m.results[("mean", "backdoor")], m.results[("median", "backdoor")]
+    assert through.late_asr() >= 0.5 and max(through.asr) >= 0.9, through.asr   # it fires on most triggered inputs
+    assert max(held.asr) < 0.1 and held.final_asr < 0.1, held.asr                 # in no round
+
+
+def test_late_asr_is_the_mean_of_the_last_rounds():
+    r = fd.FedResult("mean", "backdoor", asr=[0.1, 0.9, 0.2, 1.0])
+    assert r.late_asr(2) == pytest.approx(0.6) and r.late_asr(4) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="rounds=5 is out of range"):
+        r.late_asr(5)

@@ -313,7 +313,7 @@ def test_sigterm_to_grade_is_reported_and_writes_no_csv(monkeypatch, tmp_path, c
         raise AssertionError("SIGTERM did not interrupt grading")
     monkeypatch.setattr(grading, "grade_submissions", killed)
     before = signal.getsignal(signal.SIGTERM)
-    _write(_exercise_notebook(), tmp_path / "subs" / "ada" / "tiny.ipynb")
+    _write(_exercise_notebook(), tmp_path / "subs" / "ada" / "lab1_poisoning.ipynb")
     assert main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "g.csv")]) == 130
     assert "interrupted; the running submissions were stopped" in capsys.readouterr().err
     assert not (tmp_path / "g.csv").exists() and signal.getsignal(signal.SIGTERM) is before

@@ -43,6 +43,7 @@ from ..models import MLP
 from . import aggregation
 
 ATTACKS = ("none", "sign_flip", "gaussian", "backdoor", "alie", "min_max", "fang")
+LATE_ROUNDS = 5   # FedResult.late_asr: the backdoor's rate over the last rounds, not the final one alone
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,13 @@ class FedResult:
     final_asr: float = float("nan")
     diverged: int | None = None
     model: nn.Module | None = None
+
+    def late_asr(self, rounds: int = LATE_ROUNDS) -> float:
+        """Mean per-round ASR over the last ``rounds`` rounds. Under a rule that lets the backdoor
+        through, its ASR swings from round to round (the honest clients' updates wear it down, the
+        attackers plant it again), so the final round alone is a draw: 30-100 % over seeds."""
+        rounds = check_int("rounds", rounds, low=1, high=len(self.asr))
+        return float(np.mean(self.asr[-rounds:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,13 +507,15 @@ class FedMatrix(TableView):
 
     def rows(self) -> list[list[str]]:
         head = ["rule"] + [f"acc {a}" for a in self.attacks]
-        head += ["ASR backdoor (none)"] if "backdoor" in self.attacks else []
+        late = min(LATE_ROUNDS, *(len(res.asr) for res in self.results.values()))
+        head += [f"ASR backdoor: final / last {late} rounds (none)"] if "backdoor" in self.attacks else []
         out = [head]
         for r in self.rules:
             row = [r] + [f"{100 * self.accuracy(r, a):.1f}" for a in self.attacks]
             if "backdoor" in self.attacks:
                 base = f" ({100 * self.results[(r, 'none')].final_asr:.1f})" if "none" in self.attacks else ""
-                row.append(f"{100 * self.results[(r, 'backdoor')].final_asr:.1f}{base}")
+                res = self.results[(r, "backdoor")]
+                row.append(f"{100 * res.final_asr:.1f} / {100 * res.late_asr(late):.1f}{base}")
             out.append(row)
         return out
 

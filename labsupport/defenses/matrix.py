@@ -297,24 +297,29 @@ def load_text_rows() -> DefenseMatrix | None:
 
 def seed_spread(data: ImageData, *, attack: str = "BadNets", rates: Sequence[float] = (0.01, 0.1),
                 seeds: Sequence[int] = (0, 1, 2), target: int = 9,
-                config: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=2e-3)) -> Table:
-    """The same poisoned set, models trained with different seeds: how much the data-inspection
-    detectors' results on the target class move with nothing but the training seed.
+                config: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=2e-3), n_defender: int = 2000,
+                n_filter: int = 1000) -> Table:
+    """The same poisoned set, models trained with different seeds: how much the detectors' results
+    on the target class move with nothing but the training seed.
 
     Per (rate, seed): activation clustering's suspect cluster (precision / recall of the poisons in
-    it), its Fisher separation and verdict (threshold 12), and the within-class AUROC of spectral
-    signatures (``hidden.0``) and of SPECTRE.
+    it), its Fisher separation and verdict (threshold 12), the within-class AUROC of spectral
+    signatures (``hidden.0``) and of SPECTRE, and STRIP's recall at FRR 1 % (fitted and measured
+    as :func:`run_matrix` does: on the first ``n_filter // 2`` test images, then the triggered
+    non-target images among the ``n_filter`` after the defender's ``n_defender``).
     """
     for r in rates:
         check_rate("rates", r)
     header = ["rate", "seed", "AC cluster precision", "AC cluster recall", "AC separation", "AC verdict",
-              "SS AUROC", "SPECTRE AUROC"]
+              "SS AUROC", "SPECTRE AUROC", "STRIP recall"]
     rows, data_rows = [header], []
+    xd, xe, ye = data.x_test[:n_defender], data.x_test[n_defender:], data.y_test[n_defender:]
     for rate in rates:
         poisoned, _ = make_attack(attack, data, rate, target, config)
         cls = poisoned.y == target
         truth = poisoned.mask[cls]
         eps = _target_share(poisoned, target)
+        x_trig = poisoned.trigger(xe[:n_filter][ye[:n_filter] != target])
         for seed in seeds:
             model = train_model("mlp", poisoned.x, poisoned.y, replace(config, seed=seed), progress=False)
             ac = activation_clustering(model, poisoned.x, poisoned.y, classes=[target])
@@ -326,9 +331,11 @@ def seed_spread(data: ImageData, *, attack: str = "BadNets", rates: Sequence[flo
                    "ac_recall": hit / max(int(truth.sum()), 1), "separation": info["separation"],
                    "flagged": info["poisoned"],
                    "ss_auroc": auroc(spectral_signatures(model, poisoned.x, poisoned.y, **kw).scores[cls], truth),
-                   "spectre_auroc": auroc(spectre(model, poisoned.x, poisoned.y, **kw).scores[cls], truth)}
+                   "spectre_auroc": auroc(spectre(model, poisoned.x, poisoned.y, **kw).scores[cls], truth),
+                   "strip_recall": float(Strip.fit(model, xd[:n_filter // 2], n=100, frr=0.01)
+                                         .detect(x_trig).flags.float().mean())}
             data_rows.append(row)
             rows.append([f"{100 * rate:g}%", str(seed), f"{row['ac_precision']:.2f}", f"{row['ac_recall']:.2f}",
                          f"{row['separation']:.1f}", "poisoned" if row["flagged"] else "clean",
-                         f"{row['ss_auroc']:.3f}", f"{row['spectre_auroc']:.3f}"])
+                         f"{row['ss_auroc']:.3f}", f"{row['spectre_auroc']:.3f}", f"{row['strip_recall']:.2f}"])
     return Table(rows, data_rows)
