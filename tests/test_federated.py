@@ -155,3 +155,13 @@ def test_late_asr_is_the_mean_of_the_last_rounds():
     assert r.late_asr(2) == pytest.approx(0.6) and r.late_asr(4) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="rounds=5 is out of range"):
         r.late_asr(5)
+
+
+def test_the_matrix_table_shows_the_final_and_the_late_backdoor_rate():
+    res = {("mean", "none"): fd.FedResult("mean", "none", accuracy=[0.7] * 3, asr=[0.03] * 3,
+                                          final_accuracy=0.7, final_asr=0.03),
+           ("mean", "backdoor"): fd.FedResult("mean", "backdoor", accuracy=[0.6] * 3, asr=[0.9, 0.2, 0.4],
+                                              final_accuracy=0.6, final_asr=0.35)}
+    rows = fd.FedMatrix(("mean",), ("none", "backdoor"), res, 0.7).rows()
+    assert rows[0][-1] == "ASR backdoor: final / last 3 rounds (none)"   # quick runs have fewer than 5
+    assert rows[1][-1] == "35.0 / 50.0 (3.0)"

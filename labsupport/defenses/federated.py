@@ -507,7 +507,7 @@ class FedMatrix(TableView):
 
     def rows(self) -> list[list[str]]:
         head = ["rule"] + [f"acc {a}" for a in self.attacks]
-        late = min(LATE_ROUNDS, *(len(res.asr) for res in self.results.values()))
+        late = min([LATE_ROUNDS, *(len(res.asr) for res in self.results.values())])
         head += [f"ASR backdoor: final / last {late} rounds (none)"] if "backdoor" in self.attacks else []
         out = [head]
         for r in self.rules:
